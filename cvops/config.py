@@ -1,0 +1,117 @@
+"""Settings from ``CVOPS_*`` environment variables: one msgspec Struct, every limit lives here."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+import msgspec
+
+from cvops.errors import ValidationFailed
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "B": 1, "K": 1000, "KB": 1000, "KI": 1024, "KIB": 1024, "M": 1000**2, "MB": 1000**2,
+          "MI": 1024**2, "MIB": 1024**2, "G": 1000**3, "GB": 1000**3, "GI": 1024**3, "GIB": 1024**3,
+          "T": 1000**4, "TB": 1000**4, "TI": 1024**4, "TIB": 1024**4}
+
+GIB = 1024**3
+
+
+def parse_size(text: str) -> int:
+    """``"1GiB"`` → 1073741824; plain integers are bytes."""
+    m = _SIZE.match(text)
+    if not m:
+        raise ValidationFailed(f"not a size: {text!r}", {"value": text})
+    unit = (m.group(2) or "").upper()
+    return int(float(m.group(1)) * _UNITS[unit])
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    data_dir: str = "./.cvops"
+    host: str = "127.0.0.1"
+    port: int = 8080
+    admin_password: str | None = None
+    jwt_secret: str | None = None
+    jwt_ttl_s: int = 3600
+    gpu_tokens: int = 2
+    inference_workers: int = 10
+    queue_limit: int = 1000
+    inference_timeout_s: float = 30.0
+    max_model_bytes: int = GIB
+    max_dataset_bytes: int = 10 * GIB
+    gpu_memory_mb: int = 16384
+    job_queue_limit: int = 1000
+    max_json_bytes: int = 1024 * 1024
+    max_predict_bytes: int = 64 * 1024 * 1024
+    login_max_failures: int = 5
+    login_window_s: float = 60.0
+    ray_address: str | None = None
+    dashboard_host: str = "127.0.0.1"
+    dashboard_port: int = 8265
+    ray_num_cpus: int | None = None
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir)
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_path / "events.db"
+
+    @property
+    def blob_root(self) -> Path:
+        return self.data_path / "blobs"
+
+    def masked(self) -> dict[str, object]:
+        out = msgspec.to_builtins(self)
+        for key in ("admin_password", "jwt_secret"):
+            if out.get(key):
+                out[key] = "***"
+        return out  # type: ignore[no-any-return]
+
+
+_ENV: dict[str, tuple[str, type]] = {
+    "CVOPS_DATA_DIR": ("data_dir", str),
+    "CVOPS_HOST": ("host", str),
+    "CVOPS_PORT": ("port", int),
+    "CVOPS_ADMIN_PASSWORD": ("admin_password", str),
+    "CVOPS_JWT_SECRET": ("jwt_secret", str),
+    "CVOPS_JWT_TTL_S": ("jwt_ttl_s", int),
+    "CVOPS_GPU_TOKENS": ("gpu_tokens", int),
+    "CVOPS_INFERENCE_WORKERS": ("inference_workers", int),
+    "CVOPS_QUEUE_LIMIT": ("queue_limit", int),
+    "CVOPS_INFERENCE_TIMEOUT_S": ("inference_timeout_s", float),
+    "CVOPS_MAX_MODEL_BYTES": ("max_model_bytes", parse_size),  # type: ignore[dict-item]
+    "CVOPS_MAX_DATASET_BYTES": ("max_dataset_bytes", parse_size),  # type: ignore[dict-item]
+    "CVOPS_GPU_MEMORY_MB": ("gpu_memory_mb", int),
+    "CVOPS_JOB_QUEUE_LIMIT": ("job_queue_limit", int),
+    "CVOPS_MAX_PREDICT_BYTES": ("max_predict_bytes", parse_size),  # type: ignore[dict-item]
+    "CVOPS_LOGIN_MAX_FAILURES": ("login_max_failures", int),
+    "CVOPS_LOGIN_WINDOW_S": ("login_window_s", float),
+    "RAY_ADDRESS": ("ray_address", str),
+    "CVOPS_DASHBOARD_PORT": ("dashboard_port", int),
+    "CVOPS_RAY_NUM_CPUS": ("ray_num_cpus", int),
+}
+
+ENV_NAMES = tuple(_ENV)
+
+
+def load_settings(env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+    """Read settings from ``env`` (default: ``os.environ``); bad values raise ValidationFailed."""
+    env = os.environ if env is None else env
+    values: dict[str, object] = {}
+    for name, (field, conv) in _ENV.items():
+        raw = env.get(name)
+        if raw is None or raw == "":
+            continue
+        try:
+            values[field] = conv(raw)
+        except ValueError as exc:
+            raise ValidationFailed(f"{name}={raw!r} is not valid: {exc}", {"env": name}) from exc
+    values.update(overrides)
+    settings = Settings(**values)  # type: ignore[arg-type]
+    if settings.gpu_tokens < 1 or settings.inference_workers < 1 or settings.queue_limit < 1:
+        raise ValidationFailed("CVOPS_GPU_TOKENS, CVOPS_INFERENCE_WORKERS and CVOPS_QUEUE_LIMIT must be >= 1")
+    return settings

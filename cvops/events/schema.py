@@ -1,0 +1,358 @@
+"""Every event type of cvops, and the Envelope that carries one in the log.
+
+Rules (DESIGN.md §2): events are immutable, tagged msgspec Structs named in the past tense; all of them
+form one tagged union decoded by one Decoder.  New fields get defaults; a changed meaning gets a new tag
+(``X.v2``) and an upcaster in :data:`UPCASTERS`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+
+# --------------------------------------------------------------------------------------------- base
+
+
+class Event(msgspec.Struct, frozen=True, tag=True, kw_only=True):
+    """Base of every event; the tag (the class name) is the event ``type`` in the log."""
+
+
+class Envelope(msgspec.Struct, frozen=True, kw_only=True):
+    """One row of the log."""
+
+    seq: int
+    stream: str
+    version: int
+    type: str
+    ts: float
+    data: bytes
+    user: str = ""
+    correlation_id: str = ""
+    causation_id: str = ""
+
+    def event(self) -> AnyEvent:
+        return decode_event(self.type, self.data)
+
+
+# -------------------------------------------------------------------------------------------- users
+
+
+class UserCreated(Event, frozen=True):
+    username: str
+    role: str
+    password_hash: str
+
+
+class RoleChanged(Event, frozen=True):
+    username: str
+    role: str
+
+
+class PasswordChanged(Event, frozen=True):
+    username: str
+    password_hash: str
+
+
+class UserDisabled(Event, frozen=True):
+    username: str
+
+
+class UserEnabled(Event, frozen=True):
+    username: str
+
+
+class UserDeleted(Event, frozen=True):
+    username: str
+
+
+# ------------------------------------------------------------------------------------------- models
+
+
+class TensorSpec(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    shape: list[int | str]
+    dtype: str
+
+
+class Preprocessing(msgspec.Struct, frozen=True, kw_only=True):
+    image_size: list[int] = msgspec.field(default_factory=lambda: [224, 224])  # [height, width]
+    mean: list[float] = msgspec.field(default_factory=lambda: [0.485, 0.456, 0.406])
+    std: list[float] = msgspec.field(default_factory=lambda: [0.229, 0.224, 0.225])
+    layout: str = "NCHW"
+    resize: str = "resize"  # "resize" (classification) | "letterbox" (detection)
+
+
+class Parity(msgspec.Struct, frozen=True, kw_only=True):
+    max_abs_diff: float
+    top1_agreement: float
+    tolerance: float
+    samples: int
+    passed: bool
+
+
+class ModelUploaded(Event, frozen=True):
+    model_id: str
+    name: str
+    task: str  # classification | detection
+    source_format: str  # onnx | torchscript | torch_export | state_dict | tensorflow | preset
+    source_sha256: str
+    source_bytes: int
+    input_shape: list[int] | None = None
+    labels: list[str] = []
+    arch: str | None = None
+    preset: str | None = None
+    num_classes: int | None = None
+    image_size: int | None = None
+    parent_model_id: str | None = None
+    dataset_id: str | None = None
+    hyperparameters: dict[str, Any] = {}
+
+
+class ModelConversionStarted(Event, frozen=True):
+    model_id: str
+    attempt: int = 1
+
+
+class ModelConverted(Event, frozen=True):
+    model_id: str
+    onnx_sha256: str
+    onnx_bytes: int
+    opset: int
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    parameter_count: int
+    preprocessing: Preprocessing
+    parity: Parity
+    labels: list[str] = []
+
+
+class ModelRejected(Event, frozen=True):
+    model_id: str
+    reason: str
+    details: dict[str, Any] = {}
+
+
+class ModelDeleted(Event, frozen=True):
+    model_id: str
+
+
+class UploadRejected(Event, frozen=True):
+    """An upload refused before it became a model/dataset (size, type, hostile content)."""
+
+    kind: str  # model | dataset
+    reason: str
+    details: dict[str, Any] = {}
+
+
+# ----------------------------------------------------------------------------------------- datasets
+
+
+class DatasetUploaded(Event, frozen=True):
+    dataset_id: str
+    name: str
+    task: str
+    format: str  # imagefolder | yolo
+    sha256: str
+    bytes: int
+
+
+class DatasetValidated(Event, frozen=True):
+    dataset_id: str
+    classes: list[str]
+    counts: dict[str, dict[str, int]]  # split -> class -> images
+    image_stats: dict[str, float] = {}
+    errors: list[str] = []
+    path: str = ""  # extracted folder, relative to the data dir
+
+
+class DatasetRejected(Event, frozen=True):
+    dataset_id: str
+    reason: str
+    details: dict[str, Any] = {}
+
+
+# --------------------------------------------------------------------------------------------- jobs
+
+
+class JobSubmitted(Event, frozen=True):
+    job_id: str
+    kind: str  # train | evolve | benchmark
+    spec: dict[str, Any]
+    submitted_by: str = ""
+    parent_job_id: str | None = None
+
+
+class JobQueued(Event, frozen=True):
+    job_id: str
+    position: int = 0
+
+
+class JobStarted(Event, frozen=True):
+    job_id: str
+    token: int
+    device: str
+    attempt: int = 1
+
+
+class JobProgressed(Event, frozen=True):
+    job_id: str
+    progress: dict[str, Any]
+
+
+class JobSucceeded(Event, frozen=True):
+    job_id: str
+    result: dict[str, Any]
+
+
+class JobFailed(Event, frozen=True):
+    job_id: str
+    error: str
+    details: dict[str, Any] = {}
+
+
+class JobCancelled(Event, frozen=True):
+    job_id: str
+    by: str = ""
+
+
+class JobInterrupted(Event, frozen=True):
+    job_id: str
+    reason: str
+
+
+class GpuTokenGranted(Event, frozen=True):
+    token: int
+    job_id: str
+
+
+class GpuTokenReleased(Event, frozen=True):
+    token: int
+    job_id: str
+
+
+class CheckpointSaved(Event, frozen=True):
+    job_id: str
+    epoch: int
+    sha256: str
+    metrics: dict[str, float] = {}
+
+
+class BenchmarkMeasured(Event, frozen=True):
+    job_id: str
+    model_id: str
+    results: list[dict[str, Any]]  # one per engine (available or not)
+    machine: dict[str, Any] = {}
+
+
+class EngineSelected(Event, frozen=True):
+    job_id: str
+    model_id: str
+    selected: str | None
+    selected_batch: int | None
+    eligible: list[str]
+    rejected: dict[str, str]  # engine -> violated constraint
+    objective: str
+    constraints: dict[str, float] = {}
+
+
+class TrialCompleted(Event, frozen=True):
+    job_id: str
+    generation: int
+    index: int
+    genes: dict[str, Any]
+    fitness: float
+    child_job_id: str = ""
+
+
+# -------------------------------------------------------------------------------------- deployments
+
+
+class DeploymentCreated(Event, frozen=True):
+    deployment_id: str
+    model_id: str
+    engine: str
+    workers: int
+    max_batch: int = 8
+    max_wait_ms: float = 5.0
+    created_by: str = ""
+
+
+class DeploymentDeleted(Event, frozen=True):
+    deployment_id: str
+
+
+class InferenceStats(Event, frozen=True):
+    deployment_id: str
+    window_start: float
+    window_end: float
+    requests: int
+    errors: int = 0
+    rejected: int = 0
+    timed_out: int = 0
+    p50_ms: float = 0.0
+    p95_ms: float = 0.0
+    p99_ms: float = 0.0
+    mean_batch: float = 0.0
+
+
+class PackageBuilt(Event, frozen=True):
+    package_id: str
+    model_id: str
+    engine: str
+    sha256: str
+    bytes: int
+    manifest: dict[str, str] = {}
+
+
+# ------------------------------------------------------------------------------------------- codec
+
+AnyEvent = (
+    UserCreated | RoleChanged | PasswordChanged | UserDisabled | UserEnabled | UserDeleted
+    | ModelUploaded | ModelConversionStarted | ModelConverted | ModelRejected | ModelDeleted
+    | UploadRejected
+    | DatasetUploaded | DatasetValidated | DatasetRejected
+    | JobSubmitted | JobQueued | JobStarted | JobProgressed | JobSucceeded | JobFailed | JobCancelled
+    | JobInterrupted | GpuTokenGranted | GpuTokenReleased | CheckpointSaved | BenchmarkMeasured
+    | EngineSelected | TrialCompleted
+    | DeploymentCreated | DeploymentDeleted | InferenceStats | PackageBuilt
+)
+
+EVENT_TYPES: dict[str, type[Event]] = {
+    cls.__struct_config__.tag: cls  # type: ignore[misc]
+    for cls in AnyEvent.__args__  # type: ignore[attr-defined]
+}
+
+_ENCODER = msgspec.msgpack.Encoder()
+_DECODER: msgspec.msgpack.Decoder[AnyEvent] = msgspec.msgpack.Decoder(AnyEvent)
+
+# tag -> function(raw msgpack bytes) -> current event; for tags that no longer have a class.
+UPCASTERS: dict[str, Callable[[bytes], AnyEvent]] = {}
+
+
+def type_of(event: Event) -> str:
+    return event.__struct_config__.tag  # type: ignore[return-value]
+
+
+def encode_event(event: Event) -> bytes:
+    """msgpack bytes including the tag, so the bytes alone decode back to the event."""
+    return _ENCODER.encode(event)
+
+
+def decode_event(type_: str, data: bytes) -> AnyEvent:
+    up = UPCASTERS.get(type_)
+    if up is not None:
+        return up(data)
+    return _DECODER.decode(data)
+
+
+def encode_envelopes(envs: list[Envelope]) -> bytes:
+    return _ENCODER.encode(envs)
+
+
+_ENV_DECODER = msgspec.msgpack.Decoder(list[Envelope])
+
+
+def decode_envelopes(data: bytes) -> list[Envelope]:
+    return _ENV_DECODER.decode(data)
