@@ -1,0 +1,223 @@
+"""The EventLog actor (the only writer of the database file) and its public facade, EventStore.
+
+Like ``ray.util.queue.Queue``: a small public class over a private actor class.  Events travel between
+processes as msgpack bytes, never as pickled objects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, Protocol
+
+import ray
+
+from cvops.actors.common import NAMESPACE, call
+from cvops.events.log import EventLog
+from cvops.events.schema import Envelope, Event, decode_envelopes, encode_envelopes, encode_event, type_of
+
+ACTOR_NAME = "cvops-eventlog"
+
+
+class Store(Protocol):
+    """What every service needs from the log; EventLog (in-process) and EventStore (actor) both fit."""
+
+    async def append(
+        self,
+        stream: str,
+        events: Sequence[Event],
+        expected_version: int | None = None,
+        *,
+        user: str = "",
+        correlation_id: str = "",
+        causation_id: str = "",
+    ) -> list[int]: ...
+
+    async def read(
+        self,
+        after: int = 0,
+        limit: int = 1000,
+        stream: str | None = None,
+        prefix: str | None = None,
+        types: Sequence[str] | None = None,
+        until_seq: int | None = None,
+    ) -> list[Envelope]: ...
+
+    async def stream_version(self, stream: str) -> int: ...
+
+    async def wait_for(self, after: int, timeout: float) -> int: ...
+
+
+@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0)
+class _EventLogActor:
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._log: EventLog | None = None
+        self._opening: asyncio.Lock | None = None
+
+    async def _get(self) -> EventLog:
+        if self._log is None:
+            if self._opening is None:
+                self._opening = asyncio.Lock()
+            async with self._opening:
+                if self._log is None:
+                    self._log = await EventLog.open(self._path)
+        return self._log
+
+    async def ping(self) -> int:
+        return (await self._get()).last_seq
+
+    async def append(
+        self,
+        stream: str,
+        items: list[tuple[str, bytes]],
+        expected_version: int | None,
+        user: str,
+        correlation_id: str,
+        causation_id: str,
+    ) -> list[int]:
+        log = await self._get()
+        return await log.append_encoded(
+            stream,
+            items,
+            expected_version,
+            user=user,
+            correlation_id=correlation_id,
+            causation_id=causation_id,
+        )
+
+    async def read(
+        self,
+        after: int,
+        limit: int,
+        stream: str | None,
+        prefix: str | None,
+        types: list[str] | None,
+        until_seq: int | None = None,
+    ) -> bytes:
+        log = await self._get()
+        envs = await log.read(
+            after=after, limit=limit, stream=stream, prefix=prefix, types=types, until_seq=until_seq
+        )
+        return encode_envelopes(envs)
+
+    async def stream_version(self, stream: str) -> int:
+        return await (await self._get()).stream_version(stream)
+
+    async def wait_for(self, after: int, timeout: float) -> int:
+        return await (await self._get()).wait_for(after, timeout)
+
+    async def close(self) -> None:
+        if self._log is not None:
+            await self._log.close()
+            self._log = None
+
+
+class EventStore:
+    """Public facade over the EventLog actor; the same API as :class:`EventLog`."""
+
+    def __init__(self, handle: Any) -> None:
+        self._h = handle
+
+    @classmethod
+    def start(cls, db_path: str) -> EventStore:
+        """Start (or reconnect to) the named actor, pinned to the node that calls this (the head)."""
+        node = ray.get_runtime_context().get_node_id()
+        strategy = ray.util.scheduling_strategies.NodeAffinitySchedulingStrategy(node_id=node, soft=False)
+        handle = _EventLogActor.options(  # type: ignore[attr-defined]
+            name=ACTOR_NAME,
+            namespace=NAMESPACE,
+            get_if_exists=True,
+            max_concurrency=10_000,
+            scheduling_strategy=strategy,
+        ).remote(db_path)
+        return cls(handle)
+
+    @classmethod
+    def connect(cls) -> EventStore:
+        return cls(ray.get_actor(ACTOR_NAME, namespace=NAMESPACE))
+
+    @property
+    def handle(self) -> Any:
+        return self._h
+
+    async def ping(self) -> int:
+        return await call(self._h.ping.remote())  # type: ignore[no-any-return]
+
+    async def append(
+        self,
+        stream: str,
+        events: Sequence[Event],
+        expected_version: int | None = None,
+        *,
+        user: str = "",
+        correlation_id: str = "",
+        causation_id: str = "",
+    ) -> list[int]:
+        items = [(type_of(e), encode_event(e)) for e in events]
+        return await call(  # type: ignore[no-any-return]
+            self._h.append.remote(stream, items, expected_version, user, correlation_id, causation_id)
+        )
+
+    async def read(
+        self,
+        after: int = 0,
+        limit: int = 1000,
+        stream: str | None = None,
+        prefix: str | None = None,
+        types: Sequence[str] | None = None,
+        until_seq: int | None = None,
+    ) -> list[Envelope]:
+        data = await call(
+            self._h.read.remote(after, limit, stream, prefix, list(types) if types else None, until_seq)
+        )
+        return decode_envelopes(data)
+
+    async def stream_version(self, stream: str) -> int:
+        return await call(self._h.stream_version.remote(stream))  # type: ignore[no-any-return]
+
+    async def wait_for(self, after: int, timeout: float) -> int:
+        return await call(self._h.wait_for.remote(after, timeout))  # type: ignore[no-any-return]
+
+    async def close(self) -> None:
+        await call(self._h.close.remote())
+
+
+async def subscribe(
+    store: Store,
+    after: int = 0,
+    *,
+    stream: str | None = None,
+    prefix: str | None = None,
+    types: Sequence[str] | None = None,
+    batch: int = 1000,
+    poll_s: float = 5.0,
+) -> AsyncIterator[Envelope]:
+    """Catch-up subscription over any Store: everything after ``after``, then live.
+
+    No gap and no duplicate: each round learns the log head ``h`` first and then reads exactly the
+    range (pos, h], so the cursor only moves over seqs that were actually scanned.
+    """
+    pos = after
+    while True:
+        head = await store.wait_for(pos, poll_s)
+        if head <= pos:
+            continue
+        envs = await store.read(
+            after=pos, limit=batch, stream=stream, prefix=prefix, types=types, until_seq=head
+        )
+        for env in envs:
+            yield env
+        pos = envs[-1].seq if len(envs) == batch else head
+
+
+async def replay(store: Store, apply: Any, state: Any, **filters: Any) -> tuple[Any, int]:
+    """Fold every event matching ``filters`` into ``state``; returns (state, last seq read)."""
+    pos = 0
+    while True:
+        envs = await store.read(after=pos, limit=5000, **filters)
+        if not envs:
+            return state, pos
+        for env in envs:
+            state = apply(state, env)
+        pos = envs[-1].seq

@@ -1,0 +1,152 @@
+"""``cvops serve | replay | tui | package verify``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from typing import Any
+
+from cvops import __version__
+
+log = logging.getLogger("cvops")
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _out(line: str) -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from cvops.config import load_settings
+    from cvops.platform.app import make_app
+    from cvops.platform.runtime import boot_ctx, default_signals
+
+    overrides: dict[str, Any] = {}
+    if args.host:
+        overrides["host"] = args.host
+    if args.port is not None:
+        overrides["port"] = args.port
+    if args.data_dir:
+        overrides["data_dir"] = args.data_dir
+    settings = load_settings(**overrides)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def install() -> None:
+        for sig in default_signals():
+            loop.add_signal_handler(sig, stop.set)
+
+    def announce(dashboard: str | None, generated: str | None, error: str | None = None) -> None:
+        if error:
+            _out(f"cvops failed to start its actors: {error}")
+            stop.set()
+            return
+        if dashboard:
+            _out(f"Ray dashboard: {dashboard}")
+        if generated:
+            _out(f"Created user 'admin' with generated password: {generated}  (shown once)")
+        _out("cvops ready")
+
+    app = make_app(settings, background=[boot_ctx(announce)])
+    app["cvops.reinstall_signals"] = lambda: loop.call_soon_threadsafe(install)
+    install()
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=5.0)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True)
+    await site.start()
+    port = settings.port
+    server = getattr(site, "_server", None)
+    if server is not None and server.sockets:
+        port = server.sockets[0].getsockname()[1]
+    _out(f"cvops gateway: http://{settings.host}:{port}")
+    await stop.wait()
+    _out("cvops stopping")
+    try:
+        await asyncio.wait_for(runner.cleanup(), 25)
+    except TimeoutError:
+        log.warning("shutdown took longer than 25 s")
+    _out("cvops stopped")
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    _setup_logging(args.log_level)
+    return asyncio.run(_serve(args))
+
+
+def _cmd_tui(args: argparse.Namespace) -> int:
+    from cvops.tui import run_tui
+
+    return run_tui(args.url, args.username, args.password)
+
+
+def _cmd_package_verify(args: argparse.Namespace) -> int:
+    from cvops.packaging import verify_package
+
+    problems = verify_package(args.path)
+    if problems:
+        for p in problems:
+            _out(f"FAIL {p}")
+        return 1
+    _out(f"ok: {args.path} verifies")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cvops", description="cvops: optimize and deploy CV models")
+    parser.add_argument("--version", action="version", version=f"cvops {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="start Ray, the actors and the gateway")
+    serve.add_argument("--host", default=None)
+    serve.add_argument("--port", type=int, default=None, help="0 picks a free port")
+    serve.add_argument("--data-dir", default=None)
+    serve.add_argument("--log-level", default="INFO")
+    serve.set_defaults(func=_cmd_serve)
+
+    tui = sub.add_parser("tui", help="the terminal client")
+    tui.add_argument("--url", default="http://127.0.0.1:8080")
+    tui.add_argument("--username", default="admin")
+    tui.add_argument("--password", default=None)
+    tui.set_defaults(func=_cmd_tui)
+
+    pkg = sub.add_parser("package", help="deployment packages")
+    pkg_sub = pkg.add_subparsers(dest="package_command", required=True)
+    verify = pkg_sub.add_parser("verify", help="check a package's sha256 manifest")
+    verify.add_argument("path")
+    verify.set_defaults(func=_cmd_package_verify)
+
+    try:
+        from cvops import replay
+    except ImportError as exc:  # pragma: no cover - replay ships with the package
+        log.debug("replay unavailable: %s", exc)
+    else:
+        replay.register(sub)
+        replay_parser = sub.choices.get("replay")
+        if replay_parser is not None and replay_parser.get_default("func") is None:
+            replay_parser.set_defaults(func=replay.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,58 @@
+"""Liveness, readiness, metrics, effective config and the OpenAPI document."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from cvops.platform.bodies import Health, json_response
+from cvops.platform.keys import METRICS, SERVICES, SETTINGS
+from cvops.platform.routes import ANYONE, STAFF, Route
+
+
+async def health(request: web.Request) -> web.StreamResponse:
+    return json_response(Health(status="ok", ready=request.app[SERVICES].ready))
+
+
+async def ready(request: web.Request) -> web.StreamResponse:
+    services = request.app[SERVICES]
+    if not services.ready:
+        return json_response(
+            {
+                "error": {
+                    "code": "unavailable",
+                    "message": "actors are starting",
+                    "details": {"boot_error": services.boot_error},
+                }
+            },
+            status=503,
+        )
+    return json_response(Health(status="ready", ready=True))
+
+
+async def metrics(request: web.Request) -> web.StreamResponse:
+    m = request.app[METRICS]
+    m.ready.set(1 if request.app[SERVICES].ready else 0)
+    return web.Response(
+        body=m.render(), content_type="text/plain", charset="utf-8", headers={"X-Content-Version": "0.0.4"}
+    )
+
+
+async def config(request: web.Request) -> web.StreamResponse:
+    return json_response(request.app[SETTINGS].masked())
+
+
+async def openapi(request: web.Request) -> web.StreamResponse:
+    from cvops.platform.openapi import build_openapi
+
+    return json_response(build_openapi())
+
+
+ROUTES = [
+    Route("GET", "/health", health, ANYONE, "Liveness", response=Health, prefix=""),
+    Route(
+        "GET", "/ready", ready, ANYONE, "Readiness: 503 until every actor is up", response=Health, prefix=""
+    ),
+    Route("GET", "/metrics", metrics, ANYONE, "Prometheus metrics (text)", response="text", prefix=""),
+    Route("GET", "/config", config, STAFF, "Effective settings, secrets masked", response=dict),
+    Route("GET", "/openapi.json", openapi, ANYONE, "This OpenAPI document", response=dict),
+]

@@ -1,0 +1,318 @@
+"""Users and auth: argon2 passwords, HS256 JWTs, login throttling, the users projection.
+
+Users are event-sourced (UserCreated, RoleChanged, PasswordChanged, UserDisabled, UserEnabled,
+UserDeleted in stream ``user-<name>``).  The role is always re-checked against the current state, and
+a token carries the user's ``token_version`` (``ver``) so a role change, a password change or a
+disable kills every older token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import secrets
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+import jwt
+import msgspec
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+
+from cvops.actors.eventlog import Store
+from cvops.config import Settings
+from cvops.errors import (
+    ConcurrencyError,
+    Conflict,
+    Forbidden,
+    NotFound,
+    TooManyRequests,
+    Unauthorized,
+    ValidationFailed,
+)
+from cvops.events.projections import UserRecord, UsersState, apply_users
+from cvops.events.schema import (
+    Event,
+    PasswordChanged,
+    RoleChanged,
+    UserCreated,
+    UserDeleted,
+    UserDisabled,
+    UserEnabled,
+)
+
+log = logging.getLogger(__name__)
+
+ROLES = ("admin", "engineer", "viewer")
+USERNAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{1,31}$")
+ALGORITHM = "HS256"
+_HASHER = PasswordHasher(time_cost=2, memory_cost=19_456, parallelism=1)
+
+
+class Principal(msgspec.Struct, frozen=True):
+    username: str
+    role: str
+
+
+def check_username(name: str) -> None:
+    if not USERNAME.match(name):
+        raise ValidationFailed(
+            "username must be 2-32 characters of a-z, 0-9, '_', '.', '-' and start with a letter or digit",
+            {"field": "username"},
+        )
+
+
+def check_role(role: str) -> None:
+    if role not in ROLES:
+        raise ValidationFailed(f"role must be one of {', '.join(ROLES)}", {"field": "role"})
+
+
+def check_password(password: str) -> None:
+    if len(password) < 8 or len(password) > 256:
+        raise ValidationFailed("password must be 8 to 256 characters", {"field": "password"})
+
+
+def hash_password(password: str) -> str:
+    return _HASHER.hash(password)
+
+
+def verify_password(password_hash: str, password: str) -> bool:
+    try:
+        return _HASHER.verify(password_hash, password)
+    except (VerificationError, InvalidHashError):
+        return False
+
+
+def load_or_create_secret(settings: Settings) -> str:
+    """CVOPS_JWT_SECRET, else a secret generated once into the data dir with mode 0600."""
+    if settings.jwt_secret:
+        return settings.jwt_secret
+    path = settings.data_path / "jwt_secret"
+    if path.exists():
+        return path.read_text().strip()
+    settings.data_path.mkdir(parents=True, exist_ok=True)
+    secret = secrets.token_urlsafe(48)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(secret)
+        fh.flush()
+        os.fsync(fh.fileno())
+    return secret
+
+
+@dataclass
+class _Failures:
+    times: deque[float]
+
+
+class LoginThrottle:
+    """After ``max_failures`` failed logins of one user within ``window_s``, answer 429."""
+
+    def __init__(self, max_failures: int, window_s: float) -> None:
+        self.max_failures = max_failures
+        self.window_s = window_s
+        self._fails: dict[str, deque[float]] = {}
+
+    def _prune(self, name: str, now: float) -> deque[float]:
+        q = self._fails.setdefault(name, deque())
+        while q and now - q[0] > self.window_s:
+            q.popleft()
+        return q
+
+    def check(self, name: str, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        q = self._prune(name, now)
+        if len(q) >= self.max_failures:
+            retry = max(1.0, self.window_s - (now - q[0]))
+            raise TooManyRequests(
+                "too many failed logins for this user; try again later", {"username": name}, retry
+            )
+
+    def failed(self, name: str, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        self._prune(name, now).append(now)
+        if len(self._fails) > 100_000:  # bound memory under a username-spraying attack
+            self._fails.clear()
+
+    def succeeded(self, name: str) -> None:
+        self._fails.pop(name, None)
+
+
+class Authenticator:
+    """Owns the users projection in the gateway and every user command."""
+
+    def __init__(self, store: Store, settings: Settings, secret: str) -> None:
+        self.store = store
+        self.settings = settings
+        self.secret = secret
+        self.state = UsersState()
+        self._pos = 0
+        self._lock = asyncio.Lock()
+        self.throttle = LoginThrottle(settings.login_max_failures, settings.login_window_s)
+        self._dummy_hash = hash_password(secrets.token_hex(8))
+
+    async def catch_up(self) -> None:
+        async with self._lock:
+            while True:
+                envs = await self.store.read(after=self._pos, limit=5000, prefix="user-")
+                if not envs:
+                    return
+                for env in envs:
+                    self.state = apply_users(self.state, env)
+                self._pos = envs[-1].seq
+
+    async def _append(self, name: str, events: list[Event], expected: int | None, by: str) -> None:
+        await self.store.append(f"user-{name}", events, expected, user=by)
+        await self.catch_up()
+
+    async def _version(self, name: str) -> int:
+        return await self.store.stream_version(f"user-{name}")
+
+    # ----------------------------------------------------------------------------------- bootstrap
+    async def bootstrap_admin(self) -> str | None:
+        """First start: create ``admin``. Returns a generated password (print it once) or None."""
+        await self.catch_up()
+        if self.state.users:
+            return None
+        generated = None
+        password = self.settings.admin_password
+        if not password:
+            password = generated = secrets.token_urlsafe(12)
+        loop = asyncio.get_running_loop()
+        pw_hash = await loop.run_in_executor(None, hash_password, password)
+        try:
+            await self._append(
+                "admin", [UserCreated(username="admin", role="admin", password_hash=pw_hash)], 0, "system"
+            )
+        except ConcurrencyError:
+            await self.catch_up()
+            return None
+        return generated
+
+    # ------------------------------------------------------------------------------------- tokens
+    async def login(self, username: str, password: str) -> tuple[str, UserRecord]:
+        self.throttle.check(username)
+        await self.catch_up()
+        user = self.state.users.get(username)
+        loop = asyncio.get_running_loop()
+        pw_hash = user.password_hash if user is not None else self._dummy_hash
+        ok = await loop.run_in_executor(None, verify_password, pw_hash, password)
+        if user is None or not ok or user.disabled:
+            self.throttle.failed(username)
+            raise Unauthorized("invalid username or password")
+        self.throttle.succeeded(username)
+        return self.issue(user), user
+
+    def issue(self, user: UserRecord, ttl_s: int | None = None) -> str:
+        now = int(time.time())
+        claims = {
+            "sub": user.username,
+            "role": user.role,
+            "ver": user.token_version,
+            "iat": now,
+            "exp": now + (self.settings.jwt_ttl_s if ttl_s is None else ttl_s),
+            "jti": uuid.uuid4().hex,
+        }
+        return jwt.encode(claims, self.secret, algorithm=ALGORITHM)
+
+    def authenticate(self, token: str) -> Principal:
+        try:
+            claims = jwt.decode(
+                token,
+                self.secret,
+                algorithms=[ALGORITHM],
+                options={"require": ["sub", "exp", "iat", "jti"]},
+            )
+        except jwt.ExpiredSignatureError as exc:
+            raise Unauthorized("token expired") from exc
+        except jwt.PyJWTError as exc:
+            raise Unauthorized("invalid token") from exc
+        user = self.state.users.get(str(claims.get("sub")))
+        if user is None or user.disabled:
+            raise Unauthorized("token's user does not exist or is disabled")
+        if claims.get("ver") != user.token_version:
+            raise Unauthorized("token was revoked (role, password or status changed)")
+        return Principal(user.username, user.role)
+
+    # ----------------------------------------------------------------------------------- commands
+    def get(self, name: str) -> UserRecord:
+        user = self.state.users.get(name)
+        if user is None:
+            raise NotFound(f"no user {name!r}", {"username": name})
+        return user
+
+    def _active_admins(self) -> int:
+        return sum(1 for u in self.state.users.values() if u.role == "admin" and not u.disabled)
+
+    async def create(self, name: str, password: str, role: str, by: str) -> UserRecord:
+        check_username(name)
+        check_role(role)
+        check_password(password)
+        await self.catch_up()
+        if name in self.state.users:
+            raise Conflict(f"user {name!r} already exists", {"username": name})
+        loop = asyncio.get_running_loop()
+        pw_hash = await loop.run_in_executor(None, hash_password, password)
+        version = await self._version(name)
+        try:
+            # a deleted name can be reused: its stream goes on
+            await self._append(
+                name, [UserCreated(username=name, role=role, password_hash=pw_hash)], version, by
+            )
+        except ConcurrencyError as exc:
+            raise Conflict(f"user {name!r} already exists", {"username": name}) from exc
+        return self.get(name)
+
+    async def update(
+        self,
+        name: str,
+        by: Principal,
+        role: str | None = None,
+        password: str | None = None,
+        disabled: bool | None = None,
+    ) -> UserRecord:
+        await self.catch_up()
+        user = self.get(name)
+        events: list[Event] = []
+        if role is not None and role != user.role:
+            check_role(role)
+            if user.role == "admin" and not user.disabled and self._active_admins() <= 1:
+                raise Conflict("cannot demote the last active admin")
+            events.append(RoleChanged(username=name, role=role))
+        if password is not None:
+            check_password(password)
+            loop = asyncio.get_running_loop()
+            events.append(
+                PasswordChanged(
+                    username=name, password_hash=await loop.run_in_executor(None, hash_password, password)
+                )
+            )
+        if disabled is not None and disabled != user.disabled:
+            if disabled and user.role == "admin" and self._active_admins() <= 1:
+                raise Conflict("cannot disable the last active admin")
+            events.append(UserDisabled(username=name) if disabled else UserEnabled(username=name))
+        if events:
+            await self._append(name, events, await self._version(name), by.username)
+        return self.get(name)
+
+    async def delete(self, name: str, by: Principal) -> None:
+        await self.catch_up()
+        user = self.get(name)
+        if user.role == "admin" and not user.disabled and self._active_admins() <= 1:
+            raise Conflict("cannot delete the last active admin")
+        if name == by.username:
+            raise Forbidden("you cannot delete yourself")
+        await self._append(name, [UserDeleted(username=name)], await self._version(name), by.username)
+
+
+def user_view(user: UserRecord) -> dict[str, object]:
+    return {"username": user.username, "role": user.role, "disabled": user.disabled}
+
+
+def secret_file(settings: Settings) -> Path:
+    return settings.data_path / "jwt_secret"

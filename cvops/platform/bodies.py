@@ -1,0 +1,118 @@
+"""msgspec Structs for request and response bodies, and their decoding (400 malformed, 422 invalid)."""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+import msgspec
+from aiohttp import web
+
+from cvops.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType, ValidationFailed
+
+T = TypeVar("T")
+
+
+class ErrorDetail(msgspec.Struct):
+    code: str
+    message: str
+    details: dict[str, Any] = {}
+
+
+class ErrorBody(msgspec.Struct):
+    error: ErrorDetail
+
+
+class TokenRequest(msgspec.Struct, forbid_unknown_fields=True):
+    username: str
+    password: str
+
+
+class TokenResponse(msgspec.Struct):
+    access_token: str
+    token_type: str
+    expires_in: int
+    role: str
+
+
+class UserOut(msgspec.Struct):
+    username: str
+    role: str
+    disabled: bool = False
+
+
+class UserList(msgspec.Struct):
+    users: list[UserOut]
+
+
+class UserCreate(msgspec.Struct, forbid_unknown_fields=True):
+    username: str
+    password: str
+    role: str = "viewer"
+
+
+class UserPatch(msgspec.Struct, forbid_unknown_fields=True):
+    role: str | None = None
+    password: str | None = None
+    disabled: bool | None = None
+
+
+class EventOut(msgspec.Struct):
+    seq: int
+    stream: str
+    version: int
+    type: str
+    ts: float
+    data: dict[str, Any]
+    user: str = ""
+    correlation_id: str = ""
+    causation_id: str = ""
+
+
+class EventPage(msgspec.Struct):
+    events: list[EventOut]
+    last_seq: int
+    next_after: int
+
+
+class Health(msgspec.Struct):
+    status: str
+    ready: bool = False
+    detail: str | None = None
+
+
+_JSON_TYPES = ("application/json", "")
+
+
+async def read_json(request: web.Request, type_: type[T], max_bytes: int) -> T:
+    """Decode the request body into ``type_``: 415 on a non-JSON type, 413 over ``max_bytes``,
+    400 when it is not JSON, 422 naming the field that failed validation."""
+    ctype = request.content_type if request.headers.get("Content-Type") else ""
+    if ctype not in _JSON_TYPES and not ctype.endswith("+json"):
+        raise UnsupportedMediaType(f"expected application/json, got {ctype}")
+    if request.content_length is not None and request.content_length > max_bytes:
+        raise PayloadTooLarge(f"JSON body over {max_bytes} bytes")
+    body = bytearray()
+    async for chunk in request.content.iter_chunked(65536):
+        body.extend(chunk)
+        if len(body) > max_bytes:
+            raise PayloadTooLarge(f"JSON body over {max_bytes} bytes")
+    return decode_json(bytes(body), type_)
+
+
+def decode_json(body: bytes, type_: type[T]) -> T:
+    if not body.strip():
+        raise BadRequest("request body is empty; expected JSON")
+    try:
+        return msgspec.json.decode(body, type=type_)
+    except msgspec.ValidationError as exc:
+        msg = str(exc)
+        field = msg.rsplit("at `", 1)[-1].rstrip("`") if "at `" in msg else None
+        raise ValidationFailed(msg, {"field": field} if field else {}) from exc
+    except msgspec.DecodeError as exc:
+        raise BadRequest(f"malformed JSON: {exc}") from exc
+
+
+def json_response(obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        body=msgspec.json.encode(obj), status=status, content_type="application/json", headers=headers
+    )

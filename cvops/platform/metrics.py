@@ -1,0 +1,50 @@
+"""Prometheus metrics of the gateway (one registry per app, so tests can build many apps)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "cvops_http_requests", "HTTP requests", ["method", "route", "status"], registry=self.registry
+        )
+        self.latency = Histogram(
+            "cvops_http_request_seconds",
+            "HTTP request latency",
+            ["method", "route"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.ready = Gauge("cvops_ready", "1 when every actor is up", registry=self.registry)
+        self.websockets = Gauge("cvops_websockets", "open event websockets", registry=self.registry)
+        self.inference_requests = Counter(
+            "cvops_inference_requests", "predict requests", ["deployment", "status"], registry=self.registry
+        )
+        self.inference_latency = Histogram(
+            "cvops_inference_seconds",
+            "predict latency",
+            ["deployment"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.inference_queue = Gauge(
+            "cvops_inference_queue_depth",
+            "queued + in-flight predictions",
+            ["deployment"],
+            registry=self.registry,
+        )
+        self.inference_batch = Histogram(
+            "cvops_inference_batch_size",
+            "batch sizes sent to workers",
+            ["deployment"],
+            buckets=(1, 2, 4, 8, 16, 32, 64),
+            registry=self.registry,
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,145 @@
+"""Small middleware factories: metrics → errors → auth (outermost first)."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from aiohttp import web
+
+from cvops.errors import (
+    CvopsError,
+    Forbidden,
+    NotFound,
+    TooManyRequests,
+    Unauthorized,
+)
+from cvops.platform.bodies import json_response
+from cvops.platform.context import PRINCIPAL
+from cvops.platform.keys import METRICS, ROUTE_SPECS, SERVICES
+from cvops.platform.routes import Handler
+
+log = logging.getLogger(__name__)
+
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "validation_failed",
+    429: "too_many_requests",
+}
+
+
+def _route_name(request: web.Request) -> str:
+    info = request.match_info.route.resource
+    return info.canonical if info is not None else "unmatched"
+
+
+def metrics_middleware() -> web.middleware:  # type: ignore[valid-type]
+    @web.middleware
+    async def mw(request: web.Request, handler: Handler) -> web.StreamResponse:
+        start = time.perf_counter()
+        status = 500
+        try:
+            resp = await handler(request)
+            status = resp.status
+            return resp
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        finally:
+            m = request.app[METRICS]
+            route = _route_name(request)
+            m.requests.labels(request.method, route, str(status)).inc()
+            m.latency.labels(request.method, route).observe(time.perf_counter() - start)
+
+    return mw
+
+
+def error_response(err: CvopsError) -> web.Response:
+    headers = None
+    if isinstance(err, TooManyRequests):
+        headers = {"Retry-After": str(max(1, int(round(err.retry_after))))}
+    if isinstance(err, Unauthorized):
+        headers = {"WWW-Authenticate": "Bearer"}
+    return json_response(err.to_dict(), status=err.status, headers=headers)
+
+
+def errors_middleware() -> web.middleware:  # type: ignore[valid-type]
+    """The one place where exceptions become the JSON error shape; never a stack trace."""
+
+    @web.middleware
+    async def mw(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except CvopsError as err:
+            if err.status >= 500:
+                log.warning(
+                    "request failed", extra={"path": request.path, "code": err.code, "error": err.message}
+                )
+            return error_response(err)
+        except web.HTTPException as exc:
+            if exc.status < 400 or exc.status == 101:
+                raise
+            code = _HTTP_CODES.get(exc.status, "http_error")
+            headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+            return json_response(
+                {"error": {"code": code, "message": exc.reason, "details": {}}},
+                status=exc.status,
+                headers=headers,
+            )
+        except ConnectionResetError:
+            raise
+        except Exception:
+            log.exception("unhandled error", extra={"path": request.path, "method": request.method})
+            return json_response(
+                {"error": {"code": "internal_error", "message": "internal error", "details": {}}}, status=500
+            )
+
+    return mw
+
+
+def bearer_token(request: web.Request) -> str | None:
+    header = request.headers.get("Authorization")
+    if header:
+        scheme, _, value = header.partition(" ")
+        if scheme.lower() != "bearer" or not value.strip():
+            raise Unauthorized("Authorization header must be 'Bearer <token>'")
+        return value.strip()
+    if request.headers.get("Upgrade", "").lower() == "websocket":
+        return request.query.get("token") or None
+    return None
+
+
+def auth_middleware() -> web.middleware:  # type: ignore[valid-type]
+    """Checks every matched route against its rule in the route table."""
+
+    @web.middleware
+    async def mw(request: web.Request, handler: Handler) -> web.StreamResponse:
+        specs = request.app[ROUTE_SPECS]
+        spec = specs.get(request.match_info.route)
+        if spec is None:
+            # unmatched (404/405) or aiohttp's automatic HEAD; let aiohttp answer
+            if request.match_info.http_exception is not None:
+                raise request.match_info.http_exception
+            raise NotFound("no such route")
+        if spec.public:
+            return await handler(request)
+        token = bearer_token(request)
+        if token is None:
+            raise Unauthorized("missing bearer token")
+        principal = request.app[SERVICES].need_auth().authenticate(token)
+        if principal.role not in spec.roles:
+            raise Forbidden(
+                f"role {principal.role!r} may not call {spec.method} {spec.full_path}",
+                {"required": sorted(spec.roles)},
+            )
+        request[PRINCIPAL] = principal
+        return await handler(request)
+
+    return mw
