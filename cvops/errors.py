@@ -85,9 +85,7 @@ class TooManyRequests(CvopsError):
     status = 429
     code = "too_many_requests"
 
-    def __init__(
-        self, message: str, details: dict[str, Any] | None = None, retry_after: float = 1.0
-    ) -> None:
+    def __init__(self, message: str, details: dict[str, Any] | None = None, retry_after: float = 1.0) -> None:
         super().__init__(message, {**(details or {}), "retry_after": retry_after})
         self.retry_after = retry_after
 

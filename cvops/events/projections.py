@@ -96,7 +96,7 @@ def apply_users(state: UsersState, env: s.Envelope) -> UsersState:
                 u.token_version += 1
         case s.UserDeleted(username=name):
             if (u := state.users.pop(name, None)) is not None:
-                state.deleted[name] = u.token_version + 1
+                state.deleted[name] = u.token_version
         case _:
             pass
     return state
@@ -188,6 +188,9 @@ def apply_models(state: ModelsState, env: s.Envelope) -> ModelsState:
                 "outputs": msgspec.to_builtins(ev.outputs),
                 "parameter_count": ev.parameter_count,
                 "preprocessing": msgspec.to_builtins(ev.preprocessing),
+                "torch_sha256": ev.torch_sha256,
+                "torch_format": ev.torch_format,
+                "torch_arch": ev.arch,
             }
             m.parity = msgspec.to_builtins(ev.parity)
             if ev.labels:
@@ -370,7 +373,7 @@ class SystemState(msgspec.Struct, kw_only=True):
     events: int = 0
 
 
-def scheduler_fold() -> tuple[Callable[[], Any], Callable[[Any, s.Envelope], Any]] | None:
+def scheduler_fold() -> tuple[Callable[..., Any], Callable[[Any, s.Envelope], Any]] | None:
     """``(SchedulerState, apply_scheduler)`` from :mod:`cvops.events.scheduling`, if that module exists."""
     if importlib.util.find_spec("cvops.events.scheduling") is None:
         return None
@@ -399,10 +402,13 @@ def apply_system(
     return state
 
 
-def rebuild(envelopes: Iterable[s.Envelope]) -> SystemState:
-    """Fold every envelope into a fresh :class:`SystemState`."""
+def rebuild(envelopes: Iterable[s.Envelope], tokens: int | None = None) -> SystemState:
+    """Fold every envelope into a fresh :class:`SystemState` (``tokens``: GPU tokens of the scheduler)."""
     sched = scheduler_fold()
-    state = SystemState(jobs=sched[0]() if sched is not None else None)
+    jobs: Any = None
+    if sched is not None:
+        jobs = sched[0]() if tokens is None else sched[0](tokens=tokens)
+    state = SystemState(jobs=jobs)
     jobs_apply = sched[1] if sched is not None else None
     for env in envelopes:
         apply_system(state, env, jobs_apply)

@@ -126,6 +126,10 @@ class ModelConverted(Event, frozen=True):
     preprocessing: Preprocessing
     parity: Parity
     labels: list[str] = []
+    # the torch form the torch-* engines run: a blob and its format ("" = none, e.g. ONNX uploads)
+    torch_sha256: str = ""
+    torch_format: str = ""
+    arch: str | None = None
 
 
 class ModelRejected(Event, frozen=True):
@@ -309,14 +313,39 @@ class PackageBuilt(Event, frozen=True):
 # ------------------------------------------------------------------------------------------- codec
 
 AnyEvent = (
-    UserCreated | RoleChanged | PasswordChanged | UserDisabled | UserEnabled | UserDeleted
-    | ModelUploaded | ModelConversionStarted | ModelConverted | ModelRejected | ModelDeleted
+    UserCreated
+    | RoleChanged
+    | PasswordChanged
+    | UserDisabled
+    | UserEnabled
+    | UserDeleted
+    | ModelUploaded
+    | ModelConversionStarted
+    | ModelConverted
+    | ModelRejected
+    | ModelDeleted
     | UploadRejected
-    | DatasetUploaded | DatasetValidated | DatasetRejected
-    | JobSubmitted | JobQueued | JobStarted | JobProgressed | JobSucceeded | JobFailed | JobCancelled
-    | JobInterrupted | GpuTokenGranted | GpuTokenReleased | CheckpointSaved | BenchmarkMeasured
-    | EngineSelected | TrialCompleted
-    | DeploymentCreated | DeploymentDeleted | InferenceStats | PackageBuilt
+    | DatasetUploaded
+    | DatasetValidated
+    | DatasetRejected
+    | JobSubmitted
+    | JobQueued
+    | JobStarted
+    | JobProgressed
+    | JobSucceeded
+    | JobFailed
+    | JobCancelled
+    | JobInterrupted
+    | GpuTokenGranted
+    | GpuTokenReleased
+    | CheckpointSaved
+    | BenchmarkMeasured
+    | EngineSelected
+    | TrialCompleted
+    | DeploymentCreated
+    | DeploymentDeleted
+    | InferenceStats
+    | PackageBuilt
 )
 
 EVENT_TYPES: dict[str, type[Event]] = {

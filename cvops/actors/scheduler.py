@@ -1,0 +1,252 @@
+"""GPUScheduler actor: CVOPS_GPU_TOKENS tokens and a bounded FIFO job queue, around the pure core in
+:mod:`cvops.events.scheduling`.  Every decision is one append; the state is always the fold of the
+log, caught up after each append (so folding stays in seq order)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from typing import Any
+
+import ray
+from ray.exceptions import RayActorError
+
+from cvops.actors.common import NAMESPACE, call
+from cvops.actors.eventlog import EventStore
+from cvops.config import Settings
+from cvops.errors import Conflict, CvopsError
+from cvops.events import scheduling as core
+from cvops.events.schema import Event
+
+log = logging.getLogger(__name__)
+
+ACTOR_NAME = "cvops-scheduler"
+
+
+def _gpu_count() -> int:
+    try:
+        import torch
+
+        return int(torch.cuda.device_count()) if torch.cuda.is_available() else 0
+    except ImportError:
+        return 0
+
+
+@ray.remote(num_cpus=0, max_restarts=-1)
+class _SchedulerActor:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.store = EventStore.connect()
+        self.state = core.new_state(settings.gpu_tokens)
+        self.lock = asyncio.Lock()
+        self.workers: dict[str, Any] = {}
+        self.tasks: dict[str, asyncio.Task[None]] = {}
+        self.cancelling: dict[str, str] = {}
+        self.started = False
+        self.gpus = _gpu_count()
+        self.follower: asyncio.Task[None] | None = None
+        self.stopping = False
+
+    def _device(self, token: int) -> str:
+        return f"cuda:{token % self.gpus}" if self.gpus else "cpu"
+
+    async def _sync(self) -> None:
+        while True:
+            envs = await self.store.read(after=self.state.seq, limit=5000, types=sorted(core.SCHEDULER_TYPES))
+            if not envs:
+                return
+            for env in envs:
+                core.apply_scheduler(self.state, env)
+
+    async def _append(self, events: list[Event]) -> None:
+        if events:
+            await self.store.append(core.SCHEDULER_STREAM, events, self.state.version)
+            await self._sync()
+
+    async def start(self) -> dict[str, Any]:
+        async with self.lock:
+            if not self.started:
+                await self._sync()
+                await self._append(core.plan_recover(self.state))
+                self.started = True
+                self.follower = asyncio.create_task(self._follow())
+            await self._dispatch()
+        return core.scheduler_view(self.state)
+
+    async def _follow(self) -> None:
+        """Keep job progress (written by workers to job-<id>) folded in."""
+        while True:
+            try:
+                await self.store.wait_for(self.state.seq, 5.0)
+                async with self.lock:
+                    await self._sync()
+            except asyncio.CancelledError:
+                raise
+            except CvopsError as exc:
+                log.warning("scheduler follow: %s", exc)
+                await asyncio.sleep(1.0)
+
+    async def _dispatch(self) -> None:
+        for append in core.plan_dispatch(self.state, self._device):
+            await self._append(append)
+            job_id = append[0].job_id  # type: ignore[attr-defined]
+            self._launch(self.state.jobs[job_id])
+
+    def _launch(self, rec: core.JobRecord) -> None:
+        from cvops.actors.jobs import JobWorker
+
+        worker = JobWorker.options(  # type: ignore[attr-defined]
+            name=f"cvops-job-{rec.id}", namespace=NAMESPACE, num_gpus=1 if self.gpus else 0
+        ).remote(self.settings)
+        self.workers[rec.id] = worker
+        ref = worker.run.remote(
+            rec.id, rec.kind, rec.spec, rec.device or "cpu", rec.token or 0, rec.attempt, rec.last_checkpoint
+        )
+        self.tasks[rec.id] = asyncio.create_task(self._watch(rec.id, ref, worker))
+
+    async def _watch(self, job_id: str, ref: Any, worker: Any) -> None:
+        died: str | None = None
+        outcome: dict[str, Any] = {}
+        try:
+            outcome = await ref
+        except RayActorError as exc:
+            died = f"worker died: {str(exc)[:200]}"
+        except Exception as exc:  # noqa: BLE001 - any other failure of the worker is the job's failure
+            outcome = {"outcome": "failed", "error": f"{type(exc).__name__}: {str(exc)[:500]}"}
+        finally:
+            self.workers.pop(job_id, None)
+            self.tasks.pop(job_id, None)
+        if self.stopping:
+            return  # shutdown: the next start's recovery interrupts and requeues the job
+        async with self.lock:
+            await self._sync()
+            rec = self.state.jobs.get(job_id)
+            if rec is None or rec.status != "running":
+                return
+            if died is not None and job_id not in self.cancelling:
+                events = core.plan_worker_died(self.state, job_id, reason=died)
+            else:
+                kind = outcome.get("outcome", "failed") if died is None else "cancelled"
+                if job_id in self.cancelling and kind != "succeeded":
+                    kind = "cancelled"
+                events = core.plan_finish(
+                    self.state,
+                    job_id,
+                    kind,
+                    result=outcome.get("result"),
+                    error=outcome.get("error"),
+                    details=outcome.get("details"),
+                    by=self.cancelling.pop(job_id, ""),
+                )
+            await self._append(events)
+            await self._dispatch()
+        try:
+            ray.kill(worker, no_restart=True)
+        except (RayActorError, ValueError) as exc:
+            log.debug("worker already gone: %s", exc)
+
+    # ------------------------------------------------------------------------------------ commands
+    async def submit(self, kind: str, spec: dict[str, Any], user: str, job_id: str | None = None) -> dict[str, Any]:
+        async with self.lock:
+            await self._sync()
+            jid = job_id or uuid.uuid4().hex[:16]
+            await self._append(core.plan_submit(self.state, jid, kind, spec, user, self.settings.job_queue_limit))
+            await self._dispatch()
+            return core.job_view(self.state.jobs[jid])
+
+    async def cancel(self, job_id: str, by: str) -> dict[str, Any]:
+        async with self.lock:
+            await self._sync()
+            rec = self.state.jobs.get(job_id)
+            if rec is None:
+                raise core.NotFound(f"no job {job_id!r}", {"job_id": job_id})
+            if rec.status in core.TERMINAL:
+                raise Conflict(f"job {job_id!r} already {rec.status}", {"job_id": job_id, "status": rec.status})
+            if rec.status == "running":
+                self.cancelling[job_id] = by
+                worker = self.workers.get(job_id)
+                if worker is not None:
+                    await worker.cancel.remote()
+                return core.job_view(rec)
+            await self._append(core.plan_finish(self.state, job_id, "cancelled", by=by))
+            return core.job_view(self.state.jobs[job_id])
+
+    async def get(self, job_id: str) -> dict[str, Any]:
+        await self._sync_unlocked()
+        rec = self.state.jobs.get(job_id)
+        if rec is None:
+            raise core.NotFound(f"no job {job_id!r}", {"job_id": job_id})
+        return core.job_view(rec)
+
+    async def list(self, kind: str | None = None, status: str | None = None) -> list[dict[str, Any]]:
+        await self._sync_unlocked()
+        recs = sorted(self.state.jobs.values(), key=lambda r: r.queue_seq)
+        return [core.job_view(r) for r in recs if (kind is None or r.kind == kind) and (status is None or r.status == status)]
+
+    async def view(self) -> dict[str, Any]:
+        await self._sync_unlocked()
+        return core.scheduler_view(self.state)
+
+    async def _sync_unlocked(self) -> None:
+        async with self.lock:
+            await self._sync()
+
+    async def wait_job(self, job_id: str, timeout: float) -> dict[str, Any]:
+        """Wait until the job reaches a terminal status (or timeout); returns its view."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        while True:
+            view = await self.get(job_id)
+            if view["status"] in core.TERMINAL or loop.time() >= end:
+                return view
+            await asyncio.sleep(0.2)
+
+    async def stop(self) -> None:
+        """Graceful shutdown: running jobs stay ``running`` in the log; the next start interrupts
+        and requeues them (resuming from their last checkpoint)."""
+        self.stopping = True
+        if self.follower is not None:
+            self.follower.cancel()
+        for jid, worker in list(self.workers.items()):
+            try:
+                ray.kill(worker, no_restart=True)
+            except (RayActorError, ValueError) as exc:
+                log.debug("worker %s gone: %s", jid, exc)
+
+
+class Scheduler:
+    """Public facade over the scheduler actor."""
+
+    def __init__(self, handle: Any) -> None:
+        self._h = handle
+
+    @classmethod
+    async def start(cls, settings: Settings) -> Scheduler:
+        handle = _SchedulerActor.options(  # type: ignore[attr-defined]
+            name=ACTOR_NAME, namespace=NAMESPACE, get_if_exists=True, max_concurrency=1000
+        ).remote(settings)
+        facade = cls(handle)
+        await call(handle.start.remote())
+        return facade
+
+    async def submit(self, kind: str, spec: dict[str, Any], user: str) -> dict[str, Any]:
+        return await call(self._h.submit.remote(kind, spec, user))  # type: ignore[no-any-return]
+
+    async def cancel(self, job_id: str, by: str) -> dict[str, Any]:
+        return await call(self._h.cancel.remote(job_id, by))  # type: ignore[no-any-return]
+
+    async def get(self, job_id: str) -> dict[str, Any]:
+        return await call(self._h.get.remote(job_id))  # type: ignore[no-any-return]
+
+    async def list(self, kind: str | None = None, status: str | None = None) -> list[dict[str, Any]]:
+        return await call(self._h.list.remote(kind, status))  # type: ignore[no-any-return]
+
+    async def view(self) -> dict[str, Any]:
+        return await call(self._h.view.remote())  # type: ignore[no-any-return]
+
+    async def wait_job(self, job_id: str, timeout: float) -> dict[str, Any]:
+        return await call(self._h.wait_job.remote(job_id, timeout))  # type: ignore[no-any-return]
+
+    async def stop(self) -> None:
+        await call(self._h.stop.remote())

@@ -1,0 +1,130 @@
+"""Jobs (train, evolve, benchmark), their reports, and the scheduler's view."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from cvops.errors import BadRequest, Forbidden, NotFound, PayloadTooLarge, UnsupportedMediaType, ValidationFailed
+from cvops.events.scheduling import job_stream
+from cvops.platform.bodies import json_response
+from cvops.platform.context import principal
+from cvops.platform.keys import SERVICES, SETTINGS
+from cvops.platform.routes import STAFF, Route
+
+REPORT_TYPES = {"json": "application/json", "md": "text/markdown; charset=utf-8", "html": "text/html; charset=utf-8"}
+
+
+class JobOut(msgspec.Struct):
+    id: str
+    kind: str
+    status: str
+    spec: dict[str, Any] = {}
+    progress: dict[str, Any] = {}
+    result: dict[str, Any] | None = None
+    error: str | None = None
+
+
+class JobList(msgspec.Struct):
+    jobs: list[dict[str, Any]]
+
+
+async def _body(request: web.Request) -> bytes:
+    ctype = request.content_type if request.headers.get("Content-Type") else ""
+    if ctype not in ("application/json", ""):
+        raise UnsupportedMediaType(f"expected application/json, got {ctype}")
+    limit = request.app[SETTINGS].max_json_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"JSON body over {limit} bytes")
+    data = await request.content.read(limit + 1)
+    if len(data) > limit:
+        raise PayloadTooLarge(f"JSON body over {limit} bytes")
+    return data
+
+
+async def submit_job(request: web.Request) -> web.StreamResponse:
+    from cvops.jobs_api import decode_job_request
+    from cvops.ml.training import is_default
+
+    who = principal(request)
+    req = decode_job_request(await _body(request))
+    kind = req.kind  # type: ignore[union-attr]
+    if kind in ("evolve", "benchmark") and who.role != "admin":
+        raise Forbidden(f"only admins may run {kind} jobs", {"required": ["admin"]})
+    spec = msgspec.to_builtins(req)
+    services = request.app[SERVICES]
+    if kind == "train" and who.role != "admin" and not is_default(spec.get("hyperparameters") or {}):
+        raise Forbidden("engineers may only train with the default hyperparameters", {"required": ["admin"]})
+    if kind == "train":
+        from cvops.ml.training import validate_hyperparameters
+
+        validate_hyperparameters(spec.get("hyperparameters") or {})
+    registry = services.need("registry")
+    model = await registry.get(spec["model_id"])
+    if model["status"] != "ready":
+        raise ValidationFailed(f"model {spec['model_id']} is {model['status']}, not ready", {"field": "model_id"})
+    if spec.get("dataset_id"):
+        ds = await services.need("datasets").get(spec["dataset_id"])
+        if ds["status"] != "ready":
+            raise ValidationFailed(f"dataset {spec['dataset_id']} is {ds['status']}, not ready", {"field": "dataset_id"})
+    view = await services.need("scheduler").submit(kind, spec, who.username)
+    return json_response(view, status=202)
+
+
+async def list_jobs(request: web.Request) -> web.StreamResponse:
+    jobs = await request.app[SERVICES].need("scheduler").list(request.query.get("kind"), request.query.get("status"))
+    return json_response(JobList(jobs=jobs))
+
+
+async def get_job(request: web.Request) -> web.StreamResponse:
+    return json_response(await request.app[SERVICES].need("scheduler").get(request.match_info["id"]))
+
+
+async def cancel_job(request: web.Request) -> web.StreamResponse:
+    view = await request.app[SERVICES].need("scheduler").cancel(request.match_info["id"], principal(request).username)
+    return json_response(view, status=202)
+
+
+async def scheduler_view(request: web.Request) -> web.StreamResponse:
+    return json_response(await request.app[SERVICES].need("scheduler").view())
+
+
+async def job_report(request: web.Request) -> web.StreamResponse:
+    from cvops.report import build_report
+
+    view = request.query.get("view", "simple")
+    fmt = request.query.get("format", "json")
+    if view not in ("simple", "technical"):
+        raise BadRequest("view must be simple or technical", {"parameter": "view"})
+    if fmt not in REPORT_TYPES:
+        raise BadRequest("format must be json, md or html", {"parameter": "format"})
+    services = request.app[SERVICES]
+    job = await services.need("scheduler").get(request.match_info["id"])
+    store = services.need("store")
+    measured: dict[str, Any] | None = None
+    selection: dict[str, Any] | None = None
+    for env in await store.read(after=0, limit=1000, stream=job_stream(job["id"])):
+        if env.type == "BenchmarkMeasured":
+            measured = msgspec.to_builtins(env.event())
+        elif env.type == "EngineSelected":
+            selection = msgspec.to_builtins(env.event())
+    if measured is None or selection is None:
+        raise NotFound("this job has no report yet (only finished benchmark jobs have one)", {"job_id": job["id"]})
+    stable_job = {k: job[k] for k in ("id", "kind", "spec", "status", "submitted_by") if k in job}
+    body = build_report(stable_job, measured, selection, view, fmt)  # type: ignore[arg-type]
+    return web.Response(body=body, headers={"Content-Type": REPORT_TYPES[fmt]})
+
+
+ROUTES = [
+    Route("POST", "/jobs", submit_job, STAFF,
+          "Submit a job {kind: train|evolve|benchmark}; evolve and benchmark are admin-only, engineers train with defaults only",
+          body=dict, response=JobOut, status=202, tag="jobs"),
+    Route("GET", "/jobs", list_jobs, STAFF, "List jobs", response=JobList, query={"kind": "string", "status": "string"}, tag="jobs"),
+    Route("GET", "/jobs/{id}", get_job, STAFF, "One job", response=JobOut, tag="jobs"),
+    Route("POST", "/jobs/{id}/cancel", cancel_job, STAFF, "Cancel a job", response=JobOut, status=202, tag="jobs"),
+    Route("GET", "/jobs/{id}/report", job_report, STAFF, "A benchmark job's report (deterministic bytes)",
+          response=dict, query={"view": "string", "format": "string"}, tag="jobs"),
+    Route("GET", "/scheduler", scheduler_view, STAFF, "GPU tokens, holders and queue", response=dict, tag="jobs"),
+]
