@@ -68,11 +68,15 @@ class Selection(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def fmt_num(value: float) -> str:
-    """Compact, deterministic number text: 12.3456 → "12.35", 10.0 → "10"."""
+    """Compact, deterministic number text, 3 significant digits: 12.345 → "12.3", 10.0 → "10",
+    0.01734 → "0.0173", 1234.5 → "1234"."""
     if not math.isfinite(value):
         return str(value)
-    text = f"{value:.2f}".rstrip("0").rstrip(".")
-    return "0" if text in ("-0", "") else text
+    if abs(value) >= 999.5:
+        text = f"{value:.0f}"
+    else:
+        text = f"{value:.3g}"
+    return "0" if text == "-0" else text
 
 
 def violations(batch: BatchResult, agreement_top1: float | None, c: Constraints) -> list[str]:
