@@ -373,10 +373,14 @@ class VideoFrames(Iterator[tuple[int, np.ndarray]]):
             self._container.close()
             raise ValidationFailed("the file has no video stream")
         stream = self._container.streams.video[0]
+        ctx = stream.codec_context
+        if ctx is None:  # e.g. a truncated file whose codec parameters are missing
+            self._container.close()
+            raise ValidationFailed("cannot decode video: the video stream has no usable codec")
         stream.thread_type = "AUTO"
         self._stream = stream
-        self.width = int(stream.codec_context.width or 0)
-        self.height = int(stream.codec_context.height or 0)
+        self.width = int(ctx.width or 0)
+        self.height = int(ctx.height or 0)
         if self.width <= 0 or self.height <= 0 or self.width * self.height > max_pixels:
             self._container.close()
             raise ValidationFailed(

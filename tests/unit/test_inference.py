@@ -258,11 +258,10 @@ def test_decode_video_stride_max_frames_and_fit(mp4: bytes) -> None:
     assert small[0][1].shape == (18, 24, 3)
 
 
-def test_decode_video_garbage_is_422() -> None:
-    with pytest.raises(ValidationFailed):
-        decode_video(b"this is no mp4")
-    with pytest.raises(ValidationFailed):
-        decode_video(b"")
+def test_decode_video_garbage_and_truncated_is_422(mp4: bytes) -> None:
+    for body in (b"this is no mp4", b"", mp4[: len(mp4) // 3], mp4[: len(mp4) * 2 // 3]):
+        with pytest.raises(ValidationFailed):
+            list(decode_video(body))
 
 
 def test_predict_video_frames_batches() -> None:
@@ -391,3 +390,15 @@ def test_predictor_video(mp4: bytes) -> None:
     res = pred.predict_images([(mp4, "video/mp4", 5), (b"junk", "video/mp4", 5)])
     assert len(res[0]["frames"]) == 6 and res[1]["error"]["code"] == "validation_failed"
     assert float(Fraction(12, 1)) == out["fps"]
+
+
+def test_exif_orientation_is_applied_and_sizes_follow() -> None:
+    img = Image.fromarray(_gradient(200, 400))  # stored 400 wide, 200 high
+    exif = img.getexif()
+    exif[0x0112] = 6  # rotate 90° clockwise on display
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", exif=exif.tobytes())
+    arr, orig = decode_image_sized(buf.getvalue(), "image/jpeg", (50, 50), keep_ratio=True)
+    assert orig == (400, 200)  # as displayed: 200 wide, 400 high
+    assert arr.shape[0] > arr.shape[1]
+    assert decode_image(buf.getvalue(), "image/jpeg").shape == (400, 200, 3)
