@@ -1,0 +1,312 @@
+"""Model presets: named architectures built locally with random weights (nothing is downloaded).
+
+``build_preset(name, ...)`` returns a :class:`BuiltModel`: the ``nn.Module`` in eval mode, its task, the
+example input shape ``[1, 3, H, W]``, labels and the :class:`~cvops.events.schema.Preprocessing` an
+inference client must apply.
+
+Classification presets are torchvision architectures (``weights=None``) plus ``tiny_cnn``, a three-layer
+CNN for very quick tests.  ``yolov8n`` is built by ultralytics from its architecture YAML
+(``DetectionModel("yolov8n.yaml", nc=...)``); its Detect head is put in *export mode*, so the module
+returns one tensor ``(N, 4 + nc, anchors)`` — see :func:`cvops.ml.convert.convert_module` for the layout.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from cvops.errors import ValidationFailed
+from cvops.events.schema import Preprocessing
+
+log = logging.getLogger(__name__)
+
+CLASSIFICATION = "classification"
+DETECTION = "detection"
+TASKS = (CLASSIFICATION, DETECTION)
+
+MIN_IMAGE_SIZE = 8
+MAX_IMAGE_SIZE = 4096
+MAX_CLASSES = 100_000
+
+
+@dataclass(frozen=True)
+class PresetSpec:
+    """Static facts about a preset (what the gateway can list without building anything)."""
+
+    name: str
+    task: str
+    default_image_size: int
+    default_num_classes: int
+    min_image_size: int = 32
+    multiple_of: int = 1  # image sizes must be a multiple of this (YOLO strides)
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class BuiltModel:
+    """A preset (or an architecture with loaded weights) ready for export."""
+
+    name: str
+    module: nn.Module
+    task: str
+    input_shape: list[int]  # [1, 3, H, W]
+    labels: list[str]
+    preprocessing: Preprocessing
+    num_classes: int
+    image_size: int
+    parameter_count: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------------------ tiny_cnn
+
+
+class TinyCNN(nn.Module):
+    """Three conv-BN-ReLU blocks (stride 2), global average pool, linear head: ~25k parameters."""
+
+    def __init__(self, num_classes: int = 10, width: int = 16) -> None:
+        super().__init__()
+        w = width
+        self.features = nn.Sequential(
+            nn.Conv2d(3, w, 3, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(w),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(w, 2 * w, 3, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(2 * w),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(2 * w, 4 * w, 3, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(4 * w),
+            nn.ReLU(inplace=True),
+        )
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(4 * w, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.pool(self.features(x)), 1))  # type: ignore[no-any-return]
+
+
+# ---------------------------------------------------------------------------------------- ultralytics
+
+_ULTRALYTICS_CONFIG_DIR = Path(tempfile.gettempdir()) / "cvops-ultralytics"
+
+
+def import_ultralytics_tasks() -> Any:
+    """Import ``ultralytics.nn.tasks`` offline, undoing the process-wide patches ultralytics applies.
+
+    ``YOLO_OFFLINE=1`` stops its online probe; ``YOLO_CONFIG_DIR`` (if unset) points its settings file at a
+    temp folder instead of the user's home.  ultralytics replaces ``PIL.Image.open`` and ``torch.save``
+    with wrappers at import time; both are restored to the originals.
+    """
+    os.environ.setdefault("YOLO_OFFLINE", "1")
+    if "YOLO_CONFIG_DIR" not in os.environ:
+        _ULTRALYTICS_CONFIG_DIR.mkdir(parents=True, exist_ok=True)
+        os.environ["YOLO_CONFIG_DIR"] = str(_ULTRALYTICS_CONFIG_DIR)
+    from PIL import Image
+
+    pil_open = Image.open
+    torch_save = torch.save
+    try:
+        import ultralytics.nn.tasks as tasks
+    except ImportError as exc:
+        raise ValidationFailed(
+            "the yolov8n preset needs ultralytics: pip install 'cvops[yolo]'", {"missing": "ultralytics"}
+        ) from exc
+    finally:
+        Image.open = pil_open  # type: ignore[assignment]
+        torch.save = torch_save
+    return tasks
+
+
+def _build_yolov8n(num_classes: int, image_size: int) -> nn.Module:
+    tasks = import_ultralytics_tasks()
+    from ultralytics.nn.modules.head import Detect
+
+    ul_log = logging.getLogger("ultralytics")
+    level = ul_log.level
+    ul_log.setLevel(logging.WARNING)  # "Overriding model.yaml nc=80 with nc=..." on every build
+    try:
+        model: nn.Module = tasks.DetectionModel("yolov8n.yaml", nc=num_classes, verbose=False)
+    finally:
+        ul_log.setLevel(level)
+    for m in model.modules():
+        if isinstance(m, Detect):
+            m.export = True  # forward returns the decoded tensor alone, not (y, raw dict)
+            m.format = "onnx"  # type: ignore[assignment]
+            m.dynamic = False
+    return model
+
+
+# -------------------------------------------------------------------------------------------- registry
+
+
+def _torchvision(arch: str) -> Callable[[int, int], nn.Module]:
+    def build(num_classes: int, image_size: int) -> nn.Module:
+        import torchvision
+
+        return torchvision.models.get_model(arch, weights=None, num_classes=num_classes)  # type: ignore[no-any-return]
+
+    return build
+
+
+SPECS: dict[str, PresetSpec] = {
+    "resnet50": PresetSpec("resnet50", CLASSIFICATION, 224, 1000, description="torchvision ResNet-50"),
+    "efficientnet_b0": PresetSpec(
+        "efficientnet_b0", CLASSIFICATION, 224, 1000, description="torchvision EfficientNet-B0"
+    ),
+    "yolov8n": PresetSpec(
+        "yolov8n", DETECTION, 640, 80, min_image_size=64, multiple_of=32, description="ultralytics YOLOv8n"
+    ),
+    "resnet18": PresetSpec("resnet18", CLASSIFICATION, 224, 1000, description="torchvision ResNet-18"),
+    "mobilenet_v3_small": PresetSpec(
+        "mobilenet_v3_small", CLASSIFICATION, 224, 1000, description="torchvision MobileNetV3-Small"
+    ),
+    "tiny_cnn": PresetSpec(
+        "tiny_cnn",
+        CLASSIFICATION,
+        32,
+        10,
+        min_image_size=MIN_IMAGE_SIZE,
+        description="3-layer CNN for quick tests",
+    ),
+}
+
+PRESETS: dict[str, Callable[[int, int], nn.Module]] = {
+    "resnet50": _torchvision("resnet50"),
+    "efficientnet_b0": _torchvision("efficientnet_b0"),
+    "yolov8n": _build_yolov8n,
+    "resnet18": _torchvision("resnet18"),
+    "mobilenet_v3_small": _torchvision("mobilenet_v3_small"),
+    "tiny_cnn": lambda num_classes, image_size: TinyCNN(num_classes),
+}
+
+
+def preset_names() -> list[str]:
+    return list(PRESETS)
+
+
+def default_labels(num_classes: int) -> list[str]:
+    return [f"class_{i}" for i in range(num_classes)]
+
+
+def default_preprocessing(task: str, image_size: int | list[int]) -> Preprocessing:
+    """ImageNet mean/std and a plain resize for classification; letterbox, mean 0, std 1 for detection."""
+    hw = [image_size, image_size] if isinstance(image_size, int) else list(image_size)
+    if task == DETECTION:
+        return Preprocessing(image_size=hw, mean=[0.0, 0.0, 0.0], std=[1.0, 1.0, 1.0], resize="letterbox")
+    return Preprocessing(image_size=hw)
+
+
+def parameter_count(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def _check_int(name: str, value: object, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise ValidationFailed(f"{name} must be an integer in {lo}..{hi}", {name: value})
+    return value
+
+
+def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
+    """``torch.load(weights_only=True)``; also accepts ``{"state_dict": {...}}`` / ``{"model": {...}}``."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure is a refused upload
+        raise ValidationFailed(
+            "pickled Python objects are refused: only tensors (a state_dict saved with torch.save) load "
+            "with weights_only=True",
+            {"reason": str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__},
+        ) from exc
+    return unwrap_state_dict(obj)
+
+
+def unwrap_state_dict(obj: object) -> dict[str, torch.Tensor]:
+    if isinstance(obj, Mapping):
+        for key in ("state_dict", "model_state_dict", "model"):
+            inner = obj.get(key)
+            if (
+                isinstance(inner, Mapping)
+                and inner
+                and all(isinstance(v, torch.Tensor) for v in inner.values())
+            ):
+                obj = inner
+                break
+    if not isinstance(obj, Mapping) or not obj:
+        raise ValidationFailed("the file is not a state_dict (a non-empty mapping of name -> tensor)")
+    bad = [str(k) for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if bad:
+        raise ValidationFailed("the state_dict holds entries that are not tensors", {"keys": bad[:10]})
+    return dict(obj)
+
+
+def load_weights(module: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> None:
+    """``load_state_dict(strict=True)``; a mismatch is a :class:`ValidationFailed` naming the keys."""
+    try:
+        module.load_state_dict(state_dict, strict=True)
+    except RuntimeError as exc:
+        raise ValidationFailed(
+            "the weights do not fit the architecture", {"reason": str(exc)[:2000]}
+        ) from exc
+
+
+def build_preset(
+    name: str,
+    num_classes: int | None = None,
+    image_size: int | None = None,
+    weights_path: Path | str | None = None,
+    *,
+    labels: list[str] | None = None,
+    state_dict: Mapping[str, torch.Tensor] | None = None,
+) -> BuiltModel:
+    """Build preset ``name`` with random weights (or ``weights_path`` / ``state_dict`` loaded strictly).
+
+    ``num_classes`` defaults to ``len(labels)`` or the preset's default (1000 for ImageNet-style
+    classifiers, 80 for yolov8n, 10 for tiny_cnn); ``image_size`` (square) to the preset's default
+    (224, 640 for yolov8n, 32 for tiny_cnn).  Unknown names raise :class:`ValidationFailed`.
+    """
+    spec = SPECS.get(name)
+    if spec is None:
+        raise ValidationFailed(
+            f"unknown preset {name!r}; known presets: {', '.join(PRESETS)}", {"known": list(PRESETS)}
+        )
+    if num_classes is None:
+        num_classes = len(labels) if labels else spec.default_num_classes
+    num_classes = _check_int("num_classes", num_classes, 1, MAX_CLASSES)
+    if labels is None:
+        labels = default_labels(num_classes)
+    elif len(labels) != num_classes or not all(isinstance(x, str) and x for x in labels):
+        raise ValidationFailed(
+            "labels must be non-empty strings, one per class",
+            {"labels": len(labels), "num_classes": num_classes},
+        )
+    size = spec.default_image_size if image_size is None else image_size
+    size = _check_int("image_size", size, spec.min_image_size, MAX_IMAGE_SIZE)
+    if size % spec.multiple_of:
+        raise ValidationFailed(
+            f"image_size for {name} must be a multiple of {spec.multiple_of}", {"image_size": size}
+        )
+    module = PRESETS[name](num_classes, size)
+    if weights_path is not None:
+        state_dict = load_state_dict_file(Path(weights_path))
+    if state_dict is not None:
+        load_weights(module, state_dict)
+    module.eval()
+    log.debug("built preset %s: %d classes, %dpx", name, num_classes, size)
+    return BuiltModel(
+        name=name,
+        module=module,
+        task=spec.task,
+        input_shape=[1, 3, size, size],
+        labels=list(labels),
+        preprocessing=default_preprocessing(spec.task, size),
+        num_classes=num_classes,
+        image_size=size,
+        parameter_count=parameter_count(module),
+    )
