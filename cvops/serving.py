@@ -186,6 +186,7 @@ class BatchingRouter(Generic[ItemT, ResultT]):
         if queue_limit < 1 or max_batch < 1 or max_inflight_per_worker < 1 or timeout_s <= 0:
             raise ValueError("queue_limit, max_batch, max_inflight_per_worker >= 1 and timeout_s > 0")
         self._slots: list[_Slot[ItemT, ResultT]] = [_Slot(w) for w in workers]
+        self._alive = len(self._slots)
         self.queue_limit = queue_limit
         self.max_batch = max_batch
         self.max_wait_s = max(0.0, max_wait_ms) / 1000.0
@@ -237,7 +238,7 @@ class BatchingRouter(Generic[ItemT, ResultT]):
         win.requests += 1
         if self._closed:
             raise Unavailable("the deployment is shutting down")
-        if not any(not s.dead for s in self._slots):
+        if not self._alive:
             self._errors += 1
             win.errors += 1
             raise Unavailable("no live inference worker", {"workers": len(self._slots)})
@@ -284,16 +285,17 @@ class BatchingRouter(Generic[ItemT, ResultT]):
         """Put a (restarted) worker in position ``index``; batches still running on the old one finish
         or fail on their own."""
         self._slots[index] = _Slot(handle)
-        self._wake_slots()
+        self._recount()
 
     def add_worker(self, handle: WorkerHandle[ItemT, ResultT]) -> int:
         self._slots.append(_Slot(handle))
-        self._wake_slots()
+        self._recount()
         return len(self._slots) - 1
 
     def mark_dead(self, index: int) -> None:
         """Stop routing to worker ``index`` until :meth:`replace_worker`."""
         self._slots[index].dead = True
+        self._recount()
 
     async def close(self, grace_s: float = 0.0) -> None:
         """Refuse new work; wait up to ``grace_s`` for queued and in-flight items, then fail the rest
@@ -337,7 +339,7 @@ class BatchingRouter(Generic[ItemT, ResultT]):
             queued=self._queued,
             inflight=self._inflight_items,
             workers=len(self._slots),
-            workers_alive=sum(1 for s in self._slots if not s.dead),
+            workers_alive=self._alive,
             inflight_per_worker=[s.inflight for s in self._slots],
             batch_sizes=dict(sorted(self._batch_sizes.items())),
             p50_ms=p50,
@@ -441,6 +443,10 @@ class BatchingRouter(Generic[ItemT, ResultT]):
         if len(self._queue) > 2 * self._queued + 64:
             self._queue = collections.deque(p for p in self._queue if p.state == _QUEUED)
 
+    def _recount(self) -> None:
+        self._alive = sum(1 for s in self._slots if not s.dead)
+        self._wake_slots()
+
     def _wake_slots(self) -> None:
         w = self._slot_waiter
         if w is not None and not w.done():
@@ -486,7 +492,7 @@ class BatchingRouter(Generic[ItemT, ResultT]):
             i = self._pick()
             if i is not None:
                 return i
-            if not any(not s.dead for s in self._slots):
+            if not self._alive:
                 return None
             fut: asyncio.Future[None] = self._loop.create_future()
             self._slot_waiter = fut
@@ -565,6 +571,7 @@ class BatchingRouter(Generic[ItemT, ResultT]):
             self._deaths += 1
             if not slot.dead:
                 slot.dead = True
+                self._recount()
                 log.warning("inference worker %d died: %s", i, e)
                 if self._on_worker_died is not None and self._slots[i] is slot:
                     self._on_worker_died(i)

@@ -251,3 +251,22 @@ async def test_close_with_grace_lets_work_finish() -> None:
     await asyncio.sleep(0)
     await r.close(grace_s=2.0)
     assert [t.result() for t in tasks] == [f"w:{i}" for i in range(4)]
+
+
+async def test_mark_dead_fails_queued_work_when_no_worker_is_left() -> None:
+    gate = asyncio.Event()
+    w = FakeWorker(gate=gate)
+    r: BatchingRouter[int, str] = BatchingRouter([w], max_batch=1, max_wait_ms=0, max_inflight_per_worker=1)
+    running = asyncio.ensure_future(r.submit(0))
+    queued = asyncio.ensure_future(r.submit(1))
+    await asyncio.sleep(0.01)
+    r.mark_dead(0)
+    with pytest.raises(Unavailable):
+        await queued
+    with pytest.raises(Unavailable):
+        await r.submit(2)
+    gate.set()
+    assert await running == "w:0"  # what was already running still answers
+    r.replace_worker(0, FakeWorker("new"))
+    assert await r.submit(3) == "new:3"
+    await r.close()
