@@ -41,7 +41,8 @@ class SyncStore:
     def append(self, stream: str, events: Sequence[Event], expected_version: int | None = None) -> list[int]:
         items = [(type_of(e), encode_event(e)) for e in events]
         try:
-            return ray.get(self._h.append.remote(stream, items, expected_version, "", "", ""))  # type: ignore[no-any-return]
+            seqs: list[int] = ray.get(self._h.append.remote(stream, items, expected_version, "", "", ""))
+            return seqs
         except ray.exceptions.RayTaskError as exc:
             inner = unwrap(exc)
             if isinstance(inner, CvopsError):
@@ -49,7 +50,8 @@ class SyncStore:
             raise
 
     def stream_version(self, stream: str) -> int:
-        return ray.get(self._h.stream_version.remote(stream))  # type: ignore[no-any-return]
+        version: Any = ray.get(self._h.stream_version.remote(stream))
+        return int(version)
 
 
 class JobContext:
@@ -122,7 +124,7 @@ def job_body(kind: str) -> JobBody:
     raise CvopsError(f"unknown job kind {kind!r}")
 
 
-@ray.remote(num_cpus=0, max_concurrency=4, max_restarts=0)
+@ray.remote(num_cpus=0, max_concurrency=4, max_restarts=0)  # type: ignore[call-overload]
 class JobWorker:
     """One per running job; the scheduler kills it when the job ends."""
 

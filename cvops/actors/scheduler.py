@@ -133,7 +133,7 @@ class _SchedulerActor:
                 events = core.plan_finish(
                     self.state,
                     job_id,
-                    kind,
+                    kind,  # type: ignore[arg-type]
                     result=outcome.get("result"),
                     error=outcome.get("error"),
                     details=outcome.get("details"),
@@ -147,11 +147,15 @@ class _SchedulerActor:
             log.debug("worker already gone: %s", exc)
 
     # ------------------------------------------------------------------------------------ commands
-    async def submit(self, kind: str, spec: dict[str, Any], user: str, job_id: str | None = None) -> dict[str, Any]:
+    async def submit(
+        self, kind: str, spec: dict[str, Any], user: str, job_id: str | None = None
+    ) -> dict[str, Any]:
         async with self.lock:
             await self._sync()
             jid = job_id or uuid.uuid4().hex[:16]
-            await self._append(core.plan_submit(self.state, jid, kind, spec, user, self.settings.job_queue_limit))
+            await self._append(
+                core.plan_submit(self.state, jid, kind, spec, user, self.settings.job_queue_limit)
+            )
             await self._dispatch()
             return core.job_view(self.state.jobs[jid])
 
@@ -162,7 +166,9 @@ class _SchedulerActor:
             if rec is None:
                 raise core.NotFound(f"no job {job_id!r}", {"job_id": job_id})
             if rec.status in core.TERMINAL:
-                raise Conflict(f"job {job_id!r} already {rec.status}", {"job_id": job_id, "status": rec.status})
+                raise Conflict(
+                    f"job {job_id!r} already {rec.status}", {"job_id": job_id, "status": rec.status}
+                )
             if rec.status == "running":
                 self.cancelling[job_id] = by
                 worker = self.workers.get(job_id)
@@ -179,10 +185,14 @@ class _SchedulerActor:
             raise core.NotFound(f"no job {job_id!r}", {"job_id": job_id})
         return core.job_view(rec)
 
-    async def list(self, kind: str | None = None, status: str | None = None) -> list[dict[str, Any]]:
+    async def list_jobs(self, kind: str | None = None, status: str | None = None) -> list[dict[str, Any]]:
         await self._sync_unlocked()
         recs = sorted(self.state.jobs.values(), key=lambda r: r.queue_seq)
-        return [core.job_view(r) for r in recs if (kind is None or r.kind == kind) and (status is None or r.status == status)]
+        return [
+            core.job_view(r)
+            for r in recs
+            if (kind is None or r.kind == kind) and (status is None or r.status == status)
+        ]
 
     async def view(self) -> dict[str, Any]:
         await self._sync_unlocked()
@@ -239,8 +249,8 @@ class Scheduler:
     async def get(self, job_id: str) -> dict[str, Any]:
         return await call(self._h.get.remote(job_id))  # type: ignore[no-any-return]
 
-    async def list(self, kind: str | None = None, status: str | None = None) -> list[dict[str, Any]]:
-        return await call(self._h.list.remote(kind, status))  # type: ignore[no-any-return]
+    async def list_jobs(self, kind: str | None = None, status: str | None = None) -> list[dict[str, Any]]:
+        return await call(self._h.list_jobs.remote(kind, status))  # type: ignore[no-any-return]
 
     async def view(self) -> dict[str, Any]:
         return await call(self._h.view.remote())  # type: ignore[no-any-return]

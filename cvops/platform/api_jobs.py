@@ -7,14 +7,18 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from cvops.errors import BadRequest, Forbidden, NotFound, PayloadTooLarge, UnsupportedMediaType, ValidationFailed
+from cvops.errors import BadRequest, Forbidden, NotFound, UnsupportedMediaType, ValidationFailed
 from cvops.events.scheduling import job_stream
-from cvops.platform.bodies import json_response
+from cvops.platform.bodies import json_response, read_body
 from cvops.platform.context import principal
 from cvops.platform.keys import SERVICES, SETTINGS
 from cvops.platform.routes import STAFF, Route
 
-REPORT_TYPES = {"json": "application/json", "md": "text/markdown; charset=utf-8", "html": "text/html; charset=utf-8"}
+REPORT_TYPES = {
+    "json": "application/json",
+    "md": "text/markdown; charset=utf-8",
+    "html": "text/html; charset=utf-8",
+}
 
 
 class JobOut(msgspec.Struct):
@@ -35,13 +39,7 @@ async def _body(request: web.Request) -> bytes:
     ctype = request.content_type if request.headers.get("Content-Type") else ""
     if ctype not in ("application/json", ""):
         raise UnsupportedMediaType(f"expected application/json, got {ctype}")
-    limit = request.app[SETTINGS].max_json_bytes
-    if request.content_length is not None and request.content_length > limit:
-        raise PayloadTooLarge(f"JSON body over {limit} bytes")
-    data = await request.content.read(limit + 1)
-    if len(data) > limit:
-        raise PayloadTooLarge(f"JSON body over {limit} bytes")
-    return data
+    return await read_body(request, request.app[SETTINGS].max_json_bytes)
 
 
 async def submit_job(request: web.Request) -> web.StreamResponse:
@@ -64,17 +62,25 @@ async def submit_job(request: web.Request) -> web.StreamResponse:
     registry = services.need("registry")
     model = await registry.get(spec["model_id"])
     if model["status"] != "ready":
-        raise ValidationFailed(f"model {spec['model_id']} is {model['status']}, not ready", {"field": "model_id"})
+        raise ValidationFailed(
+            f"model {spec['model_id']} is {model['status']}, not ready", {"field": "model_id"}
+        )
     if spec.get("dataset_id"):
-        ds = await services.need("datasets").get(spec["dataset_id"])
+        ds = await registry.get_dataset(spec["dataset_id"])
         if ds["status"] != "ready":
-            raise ValidationFailed(f"dataset {spec['dataset_id']} is {ds['status']}, not ready", {"field": "dataset_id"})
+            raise ValidationFailed(
+                f"dataset {spec['dataset_id']} is {ds['status']}, not ready", {"field": "dataset_id"}
+            )
     view = await services.need("scheduler").submit(kind, spec, who.username)
     return json_response(view, status=202)
 
 
 async def list_jobs(request: web.Request) -> web.StreamResponse:
-    jobs = await request.app[SERVICES].need("scheduler").list(request.query.get("kind"), request.query.get("status"))
+    jobs = (
+        await request.app[SERVICES]
+        .need("scheduler")
+        .list(request.query.get("kind"), request.query.get("status"))
+    )
     return json_response(JobList(jobs=jobs))
 
 
@@ -83,7 +89,11 @@ async def get_job(request: web.Request) -> web.StreamResponse:
 
 
 async def cancel_job(request: web.Request) -> web.StreamResponse:
-    view = await request.app[SERVICES].need("scheduler").cancel(request.match_info["id"], principal(request).username)
+    view = (
+        await request.app[SERVICES]
+        .need("scheduler")
+        .cancel(request.match_info["id"], principal(request).username)
+    )
     return json_response(view, status=202)
 
 
@@ -111,20 +121,58 @@ async def job_report(request: web.Request) -> web.StreamResponse:
         elif env.type == "EngineSelected":
             selection = msgspec.to_builtins(env.event())
     if measured is None or selection is None:
-        raise NotFound("this job has no report yet (only finished benchmark jobs have one)", {"job_id": job["id"]})
+        raise NotFound(
+            "this job has no report yet (only finished benchmark jobs have one)", {"job_id": job["id"]}
+        )
     stable_job = {k: job[k] for k in ("id", "kind", "spec", "status", "submitted_by") if k in job}
     body = build_report(stable_job, measured, selection, view, fmt)  # type: ignore[arg-type]
     return web.Response(body=body, headers={"Content-Type": REPORT_TYPES[fmt]})
 
 
 ROUTES = [
-    Route("POST", "/jobs", submit_job, STAFF,
-          "Submit a job {kind: train|evolve|benchmark}; evolve and benchmark are admin-only, engineers train with defaults only",
-          body=dict, response=JobOut, status=202, tag="jobs"),
-    Route("GET", "/jobs", list_jobs, STAFF, "List jobs", response=JobList, query={"kind": "string", "status": "string"}, tag="jobs"),
+    Route(
+        "POST",
+        "/jobs",
+        submit_job,
+        STAFF,
+        "Submit a job {kind: train|evolve|benchmark}; evolve and benchmark are admin-only, engineers train with defaults only",
+        body=dict,
+        response=JobOut,
+        status=202,
+        tag="jobs",
+    ),
+    Route(
+        "GET",
+        "/jobs",
+        list_jobs,
+        STAFF,
+        "List jobs",
+        response=JobList,
+        query={"kind": "string", "status": "string"},
+        tag="jobs",
+    ),
     Route("GET", "/jobs/{id}", get_job, STAFF, "One job", response=JobOut, tag="jobs"),
-    Route("POST", "/jobs/{id}/cancel", cancel_job, STAFF, "Cancel a job", response=JobOut, status=202, tag="jobs"),
-    Route("GET", "/jobs/{id}/report", job_report, STAFF, "A benchmark job's report (deterministic bytes)",
-          response=dict, query={"view": "string", "format": "string"}, tag="jobs"),
-    Route("GET", "/scheduler", scheduler_view, STAFF, "GPU tokens, holders and queue", response=dict, tag="jobs"),
+    Route(
+        "POST",
+        "/jobs/{id}/cancel",
+        cancel_job,
+        STAFF,
+        "Cancel a job",
+        response=JobOut,
+        status=202,
+        tag="jobs",
+    ),
+    Route(
+        "GET",
+        "/jobs/{id}/report",
+        job_report,
+        STAFF,
+        "A benchmark job's report (deterministic bytes)",
+        response=dict,
+        query={"view": "string", "format": "string"},
+        tag="jobs",
+    ),
+    Route(
+        "GET", "/scheduler", scheduler_view, STAFF, "GPU tokens, holders and queue", response=dict, tag="jobs"
+    ),
 ]

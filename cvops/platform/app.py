@@ -50,7 +50,7 @@ def make_app(
 
 
 async def _close_websockets(app: web.Application) -> None:
-    sockets = list(app[WEBSOCKETS])
+    sockets = list(app[WEBSOCKETS])  # type: ignore[index]
     if sockets:
         await asyncio.gather(
             *(ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown") for ws in sockets),

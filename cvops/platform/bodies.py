@@ -89,14 +89,7 @@ async def read_json(request: web.Request, type_: type[T], max_bytes: int) -> T:
     ctype = request.content_type if request.headers.get("Content-Type") else ""
     if ctype not in _JSON_TYPES and not ctype.endswith("+json"):
         raise UnsupportedMediaType(f"expected application/json, got {ctype}")
-    if request.content_length is not None and request.content_length > max_bytes:
-        raise PayloadTooLarge(f"JSON body over {max_bytes} bytes")
-    body = bytearray()
-    async for chunk in request.content.iter_chunked(65536):
-        body.extend(chunk)
-        if len(body) > max_bytes:
-            raise PayloadTooLarge(f"JSON body over {max_bytes} bytes")
-    return decode_json(bytes(body), type_)
+    return decode_json(await read_body(request, max_bytes), type_)
 
 
 def decode_json(body: bytes, type_: type[T]) -> T:
@@ -116,3 +109,15 @@ def json_response(obj: Any, status: int = 200, headers: dict[str, str] | None = 
     return web.Response(
         body=msgspec.json.encode(obj), status=status, content_type="application/json", headers=headers
     )
+
+
+async def read_body(request: web.Request, max_bytes: int) -> bytes:
+    """The whole body, refusing more than ``max_bytes`` (413) as soon as it is crossed."""
+    if request.content_length is not None and request.content_length > max_bytes:
+        raise PayloadTooLarge(f"body over {max_bytes} bytes", {"limit": max_bytes})
+    body = bytearray()
+    async for chunk in request.content.iter_chunked(256 * 1024):
+        body.extend(chunk)
+        if len(body) > max_bytes:
+            raise PayloadTooLarge(f"body over {max_bytes} bytes", {"limit": max_bytes})
+    return bytes(body)

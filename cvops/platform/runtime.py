@@ -75,6 +75,16 @@ async def start_services(settings: Settings, services: Any) -> str | None:
     auth = Authenticator(store, settings, load_or_create_secret(settings))
     generated = await auth.bootstrap_admin()
     services.auth = auth
+    from cvops.actors.registry import Registry
+    from cvops.actors.scheduler import Scheduler
+
+    services.registry = await Registry.start(settings)
+    services.scheduler = await Scheduler.start(settings)
+    from cvops.actors.inference import InferencePool
+
+    pool = InferencePool(settings, store, services.registry)
+    await pool.start()
+    services.pool = pool
     for hook in BOOT_HOOKS:
         await hook(settings, services)
     services.ready = True

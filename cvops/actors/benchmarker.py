@@ -1,0 +1,107 @@
+"""Benchmarker: the body of a benchmark job, run by a JobWorker actor that holds a GPU token.
+
+Measures every configured engine with :func:`cvops.bench.run_benchmark`, then appends the results
+(BenchmarkMeasured) and the pure selection (EngineSelected) to the job's stream."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import msgspec
+
+from cvops.actors.jobs import JobCancelled, JobContext
+from cvops.errors import ValidationFailed
+from cvops.events.schema import BenchmarkMeasured, EngineSelected
+
+log = logging.getLogger(__name__)
+
+CONFIG_KEYS = (
+    "engines",
+    "batch_sizes",
+    "warmup",
+    "iterations",
+    "seed",
+    "constraints",
+    "objective",
+    "threads",
+)
+
+
+def benchmark_config(spec: dict[str, Any]) -> Any:
+    from cvops.bench import BenchmarkConfig
+
+    data = {k: spec[k] for k in CONFIG_KEYS if spec.get(k) is not None}
+    return BenchmarkConfig.from_dict(data)
+
+
+def run_benchmark_job(ctx: JobContext) -> dict[str, Any]:
+    import ray
+
+    from cvops.actors.registry import Registry, build_torch_source
+    from cvops.bench import run_benchmark
+    from cvops.selection import select
+
+    spec = ctx.spec
+    config = benchmark_config(spec)
+    registry = Registry.connect()
+    rec = ray.get(registry._h.get.remote(spec["model_id"]))
+    if rec["status"] != "ready" or not rec.get("onnx"):
+        raise ValidationFailed(f"model {rec['id']} is not ready")
+    onnx_path = ctx.blobs.path(rec["onnx"]["sha256"])
+    input_dims = rec["onnx"]["inputs"][0]["shape"]
+    size = rec["onnx"]["preprocessing"]["image_size"]
+    input_shape = [1, int(input_dims[1]) if isinstance(input_dims[1], int) else 3, int(size[0]), int(size[1])]
+
+    def factory() -> Any:
+        return build_torch_source(rec, ctx.blobs)
+
+    has_torch = bool((rec["onnx"] or {}).get("torch_sha256"))
+    device_index = int(ctx.device.split(":")[1]) if ctx.device.startswith("cuda:") else 0
+
+    def progress(p: dict[str, Any]) -> None:
+        ctx.progress({"phase": "benchmark", **p})
+
+    result = run_benchmark(
+        onnx_path,
+        config,
+        input_shape=input_shape,
+        torch_module_factory=factory if has_torch else None,
+        progress=progress,
+        should_stop=ctx.should_stop,
+        device_index=device_index,
+        memory_limit_mb=ctx.settings.gpu_memory_mb,
+    )
+    if result.stopped or ctx.should_stop():
+        raise JobCancelled(ctx.job_id)
+    selection = select(result.results, config.constraints, config.objective)
+    measured = BenchmarkMeasured(
+        job_id=ctx.job_id, model_id=rec["id"], results=result.event_results(), machine=result.machine
+    )
+    selected = EngineSelected(
+        job_id=ctx.job_id,
+        model_id=rec["id"],
+        selected=selection.selected,
+        selected_batch=selection.selected_batch,
+        eligible=list(selection.eligible),
+        rejected=dict(selection.rejected),
+        objective=selection.objective,
+        constraints=config.constraints.to_dict(),
+    )
+    ctx.emit([measured, selected])
+    ctx.progress({"phase": "done"}, force=True)
+    return {
+        "model_id": rec["id"],
+        "selected": selection.selected,
+        "selected_batch": selection.selected_batch,
+        "eligible": list(selection.eligible),
+        "rejected": dict(selection.rejected),
+        "engines": {
+            r.engine: (
+                msgspec.to_builtins(r.batches[0].latency)
+                if r.batches
+                else {"available": r.available, "reason": r.reason}
+            )
+            for r in result.results
+        },
+    }

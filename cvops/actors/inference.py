@@ -1,0 +1,318 @@
+"""InferencePool: per deployment, CVOPS_INFERENCE_WORKERS InferenceWorker actors, each holding one
+engine session; the gateway-side facade owns the deployments (event-sourced, restored on restart) and
+one BatchingRouter per deployment, so a request makes exactly one hop: gateway → worker actor.
+
+Decoding, preprocessing and postprocessing run in the worker processes: the gateway only moves bytes,
+so one heavy image never stalls the other users, and decoding is spread over the workers' processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+import uuid
+from typing import Any
+
+import ray
+from ray.exceptions import RayActorError
+
+from cvops.actors.common import NAMESPACE, call, worker_priority
+from cvops.actors.eventlog import Store
+from cvops.config import Settings
+from cvops.errors import Conflict, CvopsError, NotFound, ValidationFailed
+from cvops.events import projections as proj
+from cvops.events.schema import DeploymentCreated, DeploymentDeleted, EngineSelected, Preprocessing
+from cvops.serving import BatchingRouter, WorkerDied
+
+log = logging.getLogger(__name__)
+
+STATS_EVERY_S = 60.0
+
+
+def deployment_stream(deployment_id: str) -> str:
+    return f"deployment-{deployment_id}"
+
+
+@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0)
+class InferenceWorker:
+    """Holds one engine session for one deployment; ``predict`` runs one batch."""
+
+    def __init__(
+        self, settings: Settings, model: dict[str, Any], engine: str, threads: int, max_batch: int
+    ) -> None:
+        worker_priority()
+        import msgspec
+
+        from cvops.actors.registry import build_torch_source
+        from cvops.blobs import BlobStore
+        from cvops.ml.engines import get_engine
+        from cvops.ml.inference import Predictor
+
+        blobs = BlobStore(settings.blob_root)
+        onnx = model["onnx"]
+        pre = msgspec.convert(onnx["preprocessing"], Preprocessing)
+        eng = get_engine(engine)
+        has_torch = bool(onnx.get("torch_sha256"))
+        eng.load(
+            blobs.path(onnx["sha256"]),
+            torch_module_factory=(lambda: build_torch_source(model, blobs)) if has_torch else None,
+            threads=threads,
+            max_batch=max_batch,
+        )
+        self.predictor = Predictor(eng, model["task"], model.get("labels") or [], pre, threads=threads)
+
+    def predict(self, items: list[tuple[bytes, str, int]]) -> list[dict[str, Any]]:
+        return self.predictor.predict_images(items)
+
+    def ping(self) -> int:
+        return os.getpid()
+
+
+class _WorkerHandle:
+    def __init__(self, handle: Any) -> None:
+        self.handle = handle
+
+    async def call(self, items: list[tuple[bytes, str, int]]) -> list[dict[str, Any]]:
+        try:
+            return await self.handle.predict.remote(items)  # type: ignore[no-any-return]
+        except RayActorError as exc:
+            raise WorkerDied(str(exc)[:200]) from exc
+
+
+class _Deployment:
+    def __init__(
+        self, record: proj.DeploymentRecord, workers: list[Any], router: BatchingRouter[Any, Any]
+    ) -> None:
+        self.record = record
+        self.workers = workers
+        self.router = router
+        self.window_start = time.time()
+
+
+def threads_per_worker(workers: int) -> int:
+    """Size engine threads so the pool does not oversubscribe the machine's cores."""
+    return max(1, (os.cpu_count() or 1) // max(1, workers))
+
+
+class InferencePool:
+    """Gateway-side owner of deployments; see the module docstring."""
+
+    def __init__(self, settings: Settings, store: Store, registry: Any) -> None:
+        self.settings = settings
+        self.store = store
+        self.registry = registry
+        self.state = proj.DeploymentsState()
+        self.pos = 0
+        self.live: dict[str, _Deployment] = {}
+        self.lock = asyncio.Lock()
+        self.stats_task: asyncio.Task[None] | None = None
+        self.metrics: Any = None
+
+    async def _sync(self) -> None:
+        while True:
+            envs = await self.store.read(after=self.pos, limit=5000, prefix="deployment-")
+            if not envs:
+                return
+            for env in envs:
+                proj.apply_deployments(self.state, env)
+            self.pos = envs[-1].seq
+
+    async def start(self) -> None:
+        """Rebuild from the log and bring every active deployment back, with no user action."""
+        await self._sync()
+        for rec in list(self.state.deployments.values()):
+            if rec.status == "active":
+                try:
+                    await self._bring_up(rec)
+                except CvopsError as exc:
+                    log.warning("deployment %s could not be restored: %s", rec.id, exc)
+        self.stats_task = asyncio.create_task(self._stats_loop())
+
+    async def _resolve_engine(self, model: dict[str, Any], engine: str) -> str:
+        if engine != "auto":
+            return engine
+        store = self.store
+        chosen: str | None = None
+        pos = 0
+        while True:
+            envs = await store.read(after=pos, limit=5000, types=["EngineSelected"])
+            if not envs:
+                break
+            for env in envs:
+                ev = env.event()
+                if isinstance(ev, EngineSelected) and ev.model_id == model["id"] and ev.selected:
+                    chosen = ev.selected
+            pos = envs[-1].seq
+        if chosen is None:
+            raise ValidationFailed(
+                "engine 'auto' needs a finished benchmark of this model; run a benchmark job first",
+                {"field": "engine", "model_id": model["id"]},
+            )
+        return chosen
+
+    async def _bring_up(self, rec: proj.DeploymentRecord) -> _Deployment:
+        model = await self.registry.get(rec.model_id)
+        if model["status"] != "ready":
+            raise ValidationFailed(f"model {rec.model_id} is {model['status']}, not ready")
+        threads = threads_per_worker(rec.workers)
+        workers = [
+            InferenceWorker.options(  # type: ignore[attr-defined]
+                name=f"cvops-infer-{rec.id}-{i}", namespace=NAMESPACE, get_if_exists=True
+            ).remote(self.settings, model, rec.engine, threads, rec.max_batch)
+            for i in range(rec.workers)
+        ]
+        try:
+            await asyncio.gather(*(call(w.ping.remote()) for w in workers))
+        except (CvopsError, RayActorError, ray.exceptions.RayTaskError) as exc:
+            for w in workers:
+                ray.kill(w, no_restart=True)
+            inner = exc.cause if isinstance(exc, ray.exceptions.RayTaskError) else exc
+            if isinstance(inner, CvopsError):
+                raise inner from None
+            raise ValidationFailed(
+                f"engine {rec.engine} could not load the model: {str(inner)[:300]}"
+            ) from exc
+        router: BatchingRouter[Any, Any] = BatchingRouter(
+            [_WorkerHandle(w) for w in workers],
+            queue_limit=self.settings.queue_limit,
+            max_batch=rec.max_batch,
+            max_wait_ms=rec.max_wait_ms,
+            timeout_s=self.settings.inference_timeout_s,
+        )
+        dep = _Deployment(rec, workers, router)
+        self.live[rec.id] = dep
+        return dep
+
+    async def create(
+        self, model_id: str, engine: str, workers: int | None, max_batch: int, max_wait_ms: float, user: str
+    ) -> dict[str, Any]:
+        from cvops.ml.engines import ENGINE_NAMES
+
+        model = await self.registry.get(model_id)
+        if model["status"] != "ready":
+            raise ValidationFailed(f"model {model_id} is {model['status']}, not ready", {"field": "model_id"})
+        if engine != "auto" and engine not in ENGINE_NAMES:
+            raise ValidationFailed(
+                f"unknown engine {engine!r}", {"field": "engine", "known": ["auto", *ENGINE_NAMES]}
+            )
+        engine = await self._resolve_engine(model, engine)
+        n = workers or self.settings.inference_workers
+        dep_id = uuid.uuid4().hex[:16]
+        async with self.lock:
+            rec = proj.DeploymentRecord(
+                id=dep_id,
+                model_id=model_id,
+                engine=engine,
+                workers=n,
+                max_batch=max_batch,
+                max_wait_ms=max_wait_ms,
+                created_by=user,
+            )
+            await self._bring_up(rec)  # fails before anything is recorded if the engine cannot load
+            await self.store.append(
+                deployment_stream(dep_id),
+                [
+                    DeploymentCreated(
+                        deployment_id=dep_id,
+                        model_id=model_id,
+                        engine=engine,
+                        workers=n,
+                        max_batch=max_batch,
+                        max_wait_ms=max_wait_ms,
+                        created_by=user,
+                    )
+                ],
+                0,
+                user=user,
+            )
+            await self._sync()
+        return self.view(dep_id)
+
+    def view(self, dep_id: str) -> dict[str, Any]:
+        import msgspec
+
+        rec = self.state.deployments.get(dep_id)
+        if rec is None or rec.status == "deleted":
+            raise NotFound(f"no deployment {dep_id!r}", {"deployment_id": dep_id})
+        out: dict[str, Any] = msgspec.to_builtins(rec)
+        live = self.live.get(dep_id)
+        out["serving"] = live is not None
+        if live is not None:
+            out["router"] = msgspec.to_builtins(live.router.stats())
+        return out
+
+    async def list_deployments(self) -> list[dict[str, Any]]:
+        await self._sync()
+        return [self.view(d) for d, r in self.state.deployments.items() if r.status == "active"]
+
+    async def get(self, dep_id: str) -> dict[str, Any]:
+        await self._sync()
+        return self.view(dep_id)
+
+    async def delete(self, dep_id: str, user: str) -> None:
+        async with self.lock:
+            await self._sync()
+            rec = self.state.deployments.get(dep_id)
+            if rec is None or rec.status == "deleted":
+                raise NotFound(f"no deployment {dep_id!r}", {"deployment_id": dep_id})
+            version = await self.store.stream_version(deployment_stream(dep_id))
+            await self.store.append(
+                deployment_stream(dep_id), [DeploymentDeleted(deployment_id=dep_id)], version, user=user
+            )
+            await self._sync()
+            dep = self.live.pop(dep_id, None)
+        if dep is not None:
+            await self._tear_down(dep)
+
+    async def _tear_down(self, dep: _Deployment) -> None:
+        await dep.router.close()
+        for w in dep.workers:
+            try:
+                ray.kill(w, no_restart=True)
+            except (RayActorError, ValueError) as exc:
+                log.debug("worker gone: %s", exc)
+
+    async def predict(self, dep_id: str, body: bytes, content_type: str, top_k: int) -> dict[str, Any]:
+        dep = self.live.get(dep_id)
+        if dep is None:
+            if dep_id in self.state.deployments and self.state.deployments[dep_id].status == "active":
+                raise Conflict(f"deployment {dep_id} is not serving (its engine could not be loaded)")
+            raise NotFound(f"no deployment {dep_id!r}", {"deployment_id": dep_id})
+        result: dict[str, Any] = await dep.router.submit((body, content_type, top_k))
+        return result
+
+    def router_of(self, dep_id: str) -> BatchingRouter[Any, Any] | None:
+        dep = self.live.get(dep_id)
+        return dep.router if dep is not None else None
+
+    async def _stats_loop(self) -> None:
+        while True:
+            await asyncio.sleep(STATS_EVERY_S)
+            await self.flush_stats()
+
+    async def flush_stats(self) -> int:
+        """One InferenceStats event per deployment that served requests in the window."""
+        n = 0
+        for dep_id, dep in list(self.live.items()):
+            window = dep.router.drain_window()
+            if window.requests == 0 and window.rejected == 0:
+                continue
+            try:
+                await self.store.append(deployment_stream(dep_id), [window.to_event(dep_id)])
+                n += 1
+            except CvopsError as exc:
+                log.warning("stats for %s not recorded: %s", dep_id, exc)
+        return n
+
+    async def stop(self) -> None:
+        if self.stats_task is not None:
+            self.stats_task.cancel()
+        try:
+            await self.flush_stats()
+        except CvopsError as exc:
+            log.warning("final stats not recorded: %s", exc)
+        for dep in list(self.live.values()):
+            await dep.router.close()
+        self.live.clear()

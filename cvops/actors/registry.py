@@ -1,0 +1,492 @@
+"""ModelRegistry actor: models and datasets.  Uploads and presets are recorded, then converted
+(models) or extracted and validated (datasets) in Ray tasks that run in their own worker process
+(``max_calls=1``, memory-capped), so a crashing or hostile file cannot take the registry down."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import ray
+
+from cvops.actors.common import NAMESPACE, call, unwrap
+from cvops.actors.eventlog import EventStore
+from cvops.blobs import BlobStore
+from cvops.config import Settings
+from cvops.errors import CvopsError, NotFound, ValidationFailed
+from cvops.events import projections as proj
+from cvops.events.schema import (
+    DatasetRejected,
+    DatasetUploaded,
+    DatasetValidated,
+    Event,
+    ModelConversionStarted,
+    ModelConverted,
+    ModelDeleted,
+    ModelRejected,
+    ModelUploaded,
+    Parity,
+    Preprocessing,
+    TensorSpec,
+)
+
+log = logging.getLogger(__name__)
+
+ACTOR_NAME = "cvops-registry"
+MAX_ATTEMPTS = 3
+TASKS = ("classification", "detection")
+CONVERSION_MEMORY_BYTES = 12 * 1024**3
+
+
+def model_stream(model_id: str) -> str:
+    return f"model-{model_id}"
+
+
+def dataset_stream(dataset_id: str) -> str:
+    return f"dataset-{dataset_id}"
+
+
+# ------------------------------------------------------------------------------ conversion (a task)
+
+
+def _limit_memory(limit: int) -> None:
+    import resource
+
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
+        cap = limit if hard == resource.RLIM_INFINITY else min(limit, hard)
+        resource.setrlimit(resource.RLIMIT_DATA, (cap, hard))
+    except (ValueError, OSError) as exc:
+        log.warning("could not cap conversion memory: %s", exc)
+
+
+def build_torch_source(rec: dict[str, Any], blobs: BlobStore) -> Any:
+    """The torch module of a model record whose source has a torch form (presets, trained models,
+    TorchScript/export/state_dict uploads)."""
+    import torch
+
+    from cvops.ml import presets
+
+    onnx = rec.get("onnx") or {}
+    fmt = onnx.get("torch_format") or ""
+    sha = onnx.get("torch_sha256") or ""
+    if not fmt or not sha:
+        return None
+    path = blobs.path(sha)
+    arch = onnx.get("torch_arch") or rec.get("arch") or rec.get("preset")
+    if fmt == "state_dict" and arch in presets.PRESETS:
+        state = torch.load(path, weights_only=True, map_location="cpu")
+        return presets.build_preset(
+            arch,
+            num_classes=rec.get("num_classes") or len(rec.get("labels") or []) or None,
+            image_size=rec.get("image_size"),
+            state_dict=state,
+        ).module
+    from cvops.ml.formats import load_torch_model
+
+    return load_torch_model(path, fmt, arch=arch, num_classes=rec.get("num_classes"))
+
+
+@ray.remote(num_cpus=1, max_calls=1, max_retries=0)
+def _convert_task(settings: Settings, rec: dict[str, Any]) -> dict[str, Any]:
+    """Convert one model to ONNX with a parity check; returns the ModelConverted fields."""
+    import io
+    import tempfile
+
+    import torch
+
+    from cvops.actors.common import worker_priority
+    from cvops.ml import convert, presets
+
+    worker_priority()
+    _limit_memory(CONVERSION_MEMORY_BYTES)
+    torch.set_num_threads(2)
+    blobs = BlobStore(settings.blob_root)
+    with tempfile.TemporaryDirectory(dir=blobs.tmp_dir) as tmp:
+        out = Path(tmp) / "model.onnx"
+        torch_sha, torch_format, arch = "", "", rec.get("arch")
+        fmt = rec["source_format"]
+        if fmt == "preset" or (fmt == "state_dict" and rec.get("arch") in presets.PRESETS):
+            state = None
+            if fmt == "state_dict":
+                state = torch.load(blobs.path(rec["source_sha256"]), weights_only=True, map_location="cpu")
+            built = presets.build_preset(
+                rec.get("preset") or rec["arch"],
+                num_classes=rec.get("num_classes"),
+                image_size=rec.get("image_size"),
+                labels=rec.get("labels") or None,
+                state_dict=state,
+            )
+            if fmt == "preset":
+                buf = io.BytesIO()
+                torch.save(built.module.state_dict(), buf)
+                torch_sha = blobs.put_bytes(buf.getvalue()).sha256
+            else:
+                torch_sha = rec["source_sha256"]
+            torch_format, arch = "state_dict", built.name
+            result = convert.convert_module(
+                built.module,
+                built.task,
+                built.input_shape,
+                out,
+                preprocessing=built.preprocessing,
+                labels=built.labels,
+            )
+        else:
+            src = blobs.path(rec["source_sha256"])
+            result = convert.convert(
+                src,
+                fmt,
+                task=rec["task"],
+                input_shape=rec.get("input_shape"),
+                arch=rec.get("arch"),
+                num_classes=rec.get("num_classes"),
+                labels=rec.get("labels") or None,
+                out_path=out,
+            )
+            if fmt in ("torchscript", "torch_export", "state_dict"):
+                torch_sha, torch_format = rec["source_sha256"], fmt
+        ref = blobs.put_file(out)
+    fields: dict[str, Any] = msgspec.to_builtins(result)
+    fields.update(
+        onnx_sha256=ref.sha256,
+        onnx_bytes=ref.bytes,
+        torch_sha256=torch_sha,
+        torch_format=torch_format,
+        arch=arch,
+    )
+    return fields
+
+
+@ray.remote(num_cpus=1, max_calls=1, max_retries=0)
+def _dataset_task(settings: Settings, rec: dict[str, Any]) -> dict[str, Any]:
+    """Extract a dataset zip safely and validate it; returns the DatasetValidated fields."""
+    from cvops.actors.common import worker_priority
+    from cvops.ml.datasets import safe_extract, validate_dataset
+
+    worker_priority()
+    blobs = BlobStore(settings.blob_root)
+    rel = Path("datasets") / rec["id"]
+    dest = settings.data_path / rel
+    if dest.exists():
+        shutil.rmtree(dest)
+    try:
+        safe_extract(blobs.path(rec["sha256"]), dest, max_total_bytes=settings.max_dataset_bytes)
+        info = validate_dataset(dest, rec["task"], rec["format"])
+    except BaseException:
+        shutil.rmtree(dest, ignore_errors=True)
+        raise
+    out: dict[str, Any] = msgspec.to_builtins(info)
+    out["path"] = str(rel)
+    return out
+
+
+# ------------------------------------------------------------------------------------------ actor
+
+
+@ray.remote(num_cpus=0, max_restarts=-1)
+class _RegistryActor:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.store = EventStore.connect()
+        self.blobs = BlobStore(settings.blob_root)
+        self.models = proj.ModelsState()
+        self.datasets = proj.DatasetsState()
+        self.pos = 0
+        self.lock = asyncio.Lock()
+        self.running: dict[str, asyncio.Task[None]] = {}
+        self.started = False
+
+    async def _sync(self) -> None:
+        async with self.lock:
+            types = sorted(proj.MODEL_TYPES | proj.DATASET_TYPES)
+            while True:
+                envs = await self.store.read(after=self.pos, limit=5000, types=types)
+                if not envs:
+                    return
+                for env in envs:
+                    if env.stream.startswith("model-"):
+                        proj.apply_models(self.models, env)
+                    else:
+                        proj.apply_datasets(self.datasets, env)
+                self.pos = envs[-1].seq
+
+    async def _append(self, stream: str, events: list[Event], expected: int | None, user: str = "") -> None:
+        await self.store.append(stream, events, expected, user=user)
+        await self._sync()
+
+    async def start(self) -> int:
+        if not self.started:
+            self.started = True
+            await self._sync()
+            for m in list(self.models.models.values()):
+                if m.status in ("pending", "converting"):
+                    if m.attempts >= MAX_ATTEMPTS:
+                        await self._append(
+                            model_stream(m.id),
+                            [
+                                ModelRejected(
+                                    model_id=m.id,
+                                    reason=f"conversion did not finish after {m.attempts} attempts",
+                                )
+                            ],
+                            m.version,
+                        )
+                    else:
+                        self._spawn_convert(m.id)
+            for d in list(self.datasets.datasets.values()):
+                if d.status == "pending":
+                    self._spawn_dataset(d.id)
+        return len(self.models.models)
+
+    # --------------------------------------------------------------------------------- models
+    def _model(self, model_id: str) -> proj.ModelRecord:
+        m = self.models.models.get(model_id)
+        if m is None or m.status == "deleted":
+            raise NotFound(f"no model {model_id!r}", {"model_id": model_id})
+        return m
+
+    def _view(self, m: proj.ModelRecord) -> dict[str, Any]:
+        out: dict[str, Any] = msgspec.to_builtins(m)
+        return out
+
+    async def register(self, fields: dict[str, Any], user: str) -> dict[str, Any]:
+        """Record an upload / preset / trained model and start converting it."""
+        model_id = fields.pop("model_id", None) or uuid.uuid4().hex[:16]
+        if fields.get("task") not in TASKS:
+            raise ValidationFailed(f"task must be one of {', '.join(TASKS)}", {"field": "task"})
+        event = msgspec.convert({"model_id": model_id, **fields}, ModelUploaded)
+        await self._append(model_stream(model_id), [event], 0, user)
+        self._spawn_convert(model_id)
+        return self._view(self._model(model_id))
+
+    def _spawn_convert(self, model_id: str) -> None:
+        if model_id not in self.running:
+            self.running[model_id] = asyncio.create_task(self._convert(model_id))
+
+    async def _convert(self, model_id: str) -> None:
+        try:
+            m = self._model(model_id)
+            attempt = m.attempts + 1
+            await self._append(
+                model_stream(model_id),
+                [ModelConversionStarted(model_id=model_id, attempt=attempt)],
+                m.version,
+            )
+            rec = self._view(self._model(model_id))
+            try:
+                fields = await _convert_task.remote(self.settings, rec)
+            except Exception as exc:  # noqa: BLE001 - every failure becomes a rejection with its reason
+                inner = unwrap(exc)
+                if isinstance(inner, CvopsError):
+                    reason, details = inner.message, inner.details
+                else:
+                    reason, details = f"conversion failed: {type(inner).__name__}: {str(inner)[:500]}", {}
+                if isinstance(inner, ray.exceptions.WorkerCrashedError | ray.exceptions.OutOfMemoryError):
+                    reason = "conversion crashed (out of memory or a hostile model)"
+                await self._append(
+                    model_stream(model_id),
+                    [ModelRejected(model_id=model_id, reason=reason, details=details)],
+                    self._model(model_id).version,
+                )
+                self._forget_source(model_id)
+                return
+            event = ModelConverted(
+                model_id=model_id,
+                onnx_sha256=fields["onnx_sha256"],
+                onnx_bytes=fields["onnx_bytes"],
+                opset=fields["opset"],
+                inputs=msgspec.convert(fields["inputs"], list[TensorSpec]),
+                outputs=msgspec.convert(fields["outputs"], list[TensorSpec]),
+                parameter_count=fields["parameter_count"],
+                preprocessing=msgspec.convert(fields["preprocessing"], Preprocessing),
+                parity=msgspec.convert(fields["parity"], Parity),
+                labels=fields.get("labels") or [],
+                torch_sha256=fields.get("torch_sha256", ""),
+                torch_format=fields.get("torch_format", ""),
+                arch=fields.get("arch"),
+            )
+            await self._append(model_stream(model_id), [event], self._model(model_id).version)
+        except CvopsError as exc:
+            log.warning("conversion of %s could not be recorded: %s", model_id, exc)
+        finally:
+            self.running.pop(model_id, None)
+
+    def _forget_source(self, model_id: str) -> None:
+        """A rejected upload leaves no file behind (unless another model uses the same bytes)."""
+        m = self.models.models.get(model_id)
+        if m is None or not m.source_sha256:
+            return
+        users = [
+            x
+            for x in self.models.models.values()
+            if x.source_sha256 == m.source_sha256 and x.status != "failed"
+        ]
+        if not users:
+            self.blobs.delete(m.source_sha256)
+
+    async def get(self, model_id: str) -> dict[str, Any]:
+        await self._sync()
+        return self._view(self._model(model_id))
+
+    async def list_models(self) -> list[dict[str, Any]]:
+        await self._sync()
+        return [
+            self._view(m)
+            for m in sorted(self.models.models.values(), key=lambda m: m.created_ts)
+            if m.status != "deleted"
+        ]
+
+    async def wait(self, model_id: str, timeout: float) -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        while True:
+            m = self._model(model_id)
+            if m.status in ("ready", "failed") or loop.time() >= end:
+                return self._view(m)
+            await asyncio.sleep(0.1)
+
+    async def delete(self, model_id: str, user: str) -> None:
+        m = self._model(model_id)
+        await self._append(model_stream(model_id), [ModelDeleted(model_id=model_id)], m.version, user)
+
+    async def state_hash(self) -> str:
+        await self._sync()
+        return proj.state_hash([self.models, self.datasets])
+
+    # ------------------------------------------------------------------------------- datasets
+    def _dataset(self, dataset_id: str) -> proj.DatasetRecord:
+        d = self.datasets.datasets.get(dataset_id)
+        if d is None:
+            raise NotFound(f"no dataset {dataset_id!r}", {"dataset_id": dataset_id})
+        return d
+
+    async def register_dataset(self, fields: dict[str, Any], user: str) -> dict[str, Any]:
+        dataset_id = uuid.uuid4().hex[:16]
+        if fields.get("task") not in TASKS:
+            raise ValidationFailed(f"task must be one of {', '.join(TASKS)}", {"field": "task"})
+        if fields.get("format") not in ("imagefolder", "yolo"):
+            raise ValidationFailed("format must be imagefolder or yolo", {"field": "format"})
+        event = msgspec.convert({"dataset_id": dataset_id, **fields}, DatasetUploaded)
+        await self._append(dataset_stream(dataset_id), [event], 0, user)
+        self._spawn_dataset(dataset_id)
+        return msgspec.to_builtins(self._dataset(dataset_id))  # type: ignore[no-any-return]
+
+    def _spawn_dataset(self, dataset_id: str) -> None:
+        key = f"dataset:{dataset_id}"
+        if key not in self.running:
+            self.running[key] = asyncio.create_task(self._validate(dataset_id, key))
+
+    async def _validate(self, dataset_id: str, key: str) -> None:
+        try:
+            d = self._dataset(dataset_id)
+            rec = msgspec.to_builtins(d)
+            version = await self.store.stream_version(dataset_stream(dataset_id))
+            try:
+                fields = await _dataset_task.remote(self.settings, rec)
+            except Exception as exc:  # noqa: BLE001 - every failure becomes a rejection with its reason
+                inner = unwrap(exc)
+                reason = (
+                    inner.message
+                    if isinstance(inner, CvopsError)
+                    else f"{type(inner).__name__}: {str(inner)[:500]}"
+                )
+                details = inner.details if isinstance(inner, CvopsError) else {}
+                await self._append(
+                    dataset_stream(dataset_id),
+                    [DatasetRejected(dataset_id=dataset_id, reason=reason, details=details)],
+                    version,
+                )
+                self.blobs.delete(d.sha256)
+                return
+            allowed = set(DatasetValidated.__struct_fields__)
+            event = msgspec.convert(
+                {"dataset_id": dataset_id, **{k: v for k, v in fields.items() if k in allowed}},
+                DatasetValidated,
+            )
+            await self._append(dataset_stream(dataset_id), [event], version)
+        except CvopsError as exc:
+            log.warning("validation of %s could not be recorded: %s", dataset_id, exc)
+        finally:
+            self.running.pop(key, None)
+
+    async def get_dataset(self, dataset_id: str) -> dict[str, Any]:
+        await self._sync()
+        return msgspec.to_builtins(self._dataset(dataset_id))  # type: ignore[no-any-return]
+
+    async def list_datasets(self) -> list[dict[str, Any]]:
+        await self._sync()
+        return [
+            msgspec.to_builtins(d)
+            for d in sorted(self.datasets.datasets.values(), key=lambda d: d.created_ts)
+        ]
+
+    async def wait_dataset(self, dataset_id: str, timeout: float) -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        while True:
+            d = self._dataset(dataset_id)
+            if d.status in ("ready", "failed") or loop.time() >= end:
+                return msgspec.to_builtins(d)  # type: ignore[no-any-return]
+            await asyncio.sleep(0.1)
+
+    async def stop(self) -> None:
+        for t in self.running.values():
+            t.cancel()
+
+
+class Registry:
+    """Public facade over the registry actor (models and datasets)."""
+
+    def __init__(self, handle: Any) -> None:
+        self._h = handle
+
+    @classmethod
+    async def start(cls, settings: Settings) -> Registry:
+        handle = _RegistryActor.options(  # type: ignore[attr-defined]
+            name=ACTOR_NAME, namespace=NAMESPACE, get_if_exists=True, max_concurrency=1000
+        ).remote(settings)
+        await call(handle.start.remote())
+        return cls(handle)
+
+    @classmethod
+    def connect(cls) -> Registry:
+        return cls(ray.get_actor(ACTOR_NAME, namespace=NAMESPACE))
+
+    async def register(self, fields: dict[str, Any], user: str) -> dict[str, Any]:
+        return await call(self._h.register.remote(fields, user))  # type: ignore[no-any-return]
+
+    async def get(self, model_id: str) -> dict[str, Any]:
+        return await call(self._h.get.remote(model_id))  # type: ignore[no-any-return]
+
+    async def list_models(self) -> list[dict[str, Any]]:
+        return await call(self._h.list_models.remote())  # type: ignore[no-any-return]
+
+    async def wait(self, model_id: str, timeout: float) -> dict[str, Any]:
+        return await call(self._h.wait.remote(model_id, timeout))  # type: ignore[no-any-return]
+
+    async def delete(self, model_id: str, user: str) -> None:
+        await call(self._h.delete.remote(model_id, user))
+
+    async def state_hash(self) -> str:
+        return await call(self._h.state_hash.remote())  # type: ignore[no-any-return]
+
+    async def register_dataset(self, fields: dict[str, Any], user: str) -> dict[str, Any]:
+        return await call(self._h.register_dataset.remote(fields, user))  # type: ignore[no-any-return]
+
+    async def get_dataset(self, dataset_id: str) -> dict[str, Any]:
+        return await call(self._h.get_dataset.remote(dataset_id))  # type: ignore[no-any-return]
+
+    async def list_datasets(self) -> list[dict[str, Any]]:
+        return await call(self._h.list_datasets.remote())  # type: ignore[no-any-return]
+
+    async def wait_dataset(self, dataset_id: str, timeout: float) -> dict[str, Any]:
+        return await call(self._h.wait_dataset.remote(dataset_id, timeout))  # type: ignore[no-any-return]
+
+    async def stop(self) -> None:
+        await call(self._h.stop.remote())

@@ -1,0 +1,105 @@
+"""Datasets: zip uploads (ImageFolder or YOLO), validated in a task."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from cvops.blobs import BlobStore
+from cvops.errors import ValidationFailed
+from cvops.platform.bodies import json_response
+from cvops.platform.context import principal, query_bool
+from cvops.platform.keys import SERVICES, SETTINGS
+from cvops.platform.routes import STAFF, Route
+from cvops.platform.uploads import read_multipart, record_rejection
+
+WAIT_S = 600.0
+_NAME = re.compile(r"^[\w .:+-]{1,128}$")
+ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
+
+
+class DatasetOut(msgspec.Struct):
+    id: str
+    name: str
+    task: str
+    status: str
+
+
+class DatasetList(msgspec.Struct):
+    datasets: list[dict[str, Any]]
+
+
+async def upload_dataset(request: web.Request) -> web.StreamResponse:
+    services = request.app[SERVICES]
+    registry = services.need("registry")
+    settings = request.app[SETTINGS]
+    who = principal(request)
+    blobs = BlobStore(settings.blob_root)
+    try:
+        up = await read_multipart(request, blobs, settings.max_dataset_bytes)
+    except Exception as exc:
+        await record_rejection(services.need("store"), "dataset", exc, who.username)
+        raise
+    assert up.blob is not None
+    try:
+        task = up.fields.get("task", "classification")
+        fmt = up.fields.get("format") or ("yolo" if task == "detection" else "imagefolder")
+        name = up.fields.get("name") or up.filename or "dataset"
+        if not _NAME.match(name):
+            raise ValidationFailed("name must be 1-128 letters, digits, spaces or ._:+-", {"field": "name"})
+        with blobs.open(up.blob.sha256) as fh:
+            head = fh.read(4)
+        if head not in ZIP_MAGIC:
+            raise ValidationFailed("dataset must be a zip archive", {"field": "file"})
+        fields = {"name": name, "task": task, "format": fmt, "sha256": up.blob.sha256, "bytes": up.blob.bytes}
+        record = await registry.register_dataset(fields, who.username)
+    except Exception as exc:
+        blobs.delete(up.blob.sha256)
+        await record_rejection(services.need("store"), "dataset", exc, who.username)
+        raise
+    if query_bool(request, "wait"):
+        record = await registry.wait_dataset(record["id"], WAIT_S)
+        if record["status"] == "failed":
+            return json_response(
+                {
+                    "error": {
+                        "code": "dataset_rejected",
+                        "message": record.get("error") or "dataset rejected",
+                        "details": {"dataset": record},
+                    }
+                },
+                status=422,
+            )
+        return json_response(record, status=200)
+    return json_response(record, status=202)
+
+
+async def list_datasets(request: web.Request) -> web.StreamResponse:
+    return json_response(DatasetList(datasets=await request.app[SERVICES].need("registry").list_datasets()))
+
+
+async def get_dataset(request: web.Request) -> web.StreamResponse:
+    return json_response(await request.app[SERVICES].need("registry").get_dataset(request.match_info["id"]))
+
+
+ROUTES = [
+    Route(
+        "POST",
+        "/datasets",
+        upload_dataset,
+        STAFF,
+        "Upload a dataset zip (multipart: file, task, format imagefolder|yolo, name); ?wait=true waits for validation",
+        body="multipart-dataset",
+        response=DatasetOut,
+        status=202,
+        query={"wait": "boolean"},
+        tag="datasets",
+    ),
+    Route("GET", "/datasets", list_datasets, STAFF, "List datasets", response=DatasetList, tag="datasets"),
+    Route(
+        "GET", "/datasets/{id}", get_dataset, STAFF, "One dataset record", response=DatasetOut, tag="datasets"
+    ),
+]

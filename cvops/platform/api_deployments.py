@@ -1,0 +1,174 @@
+"""Deployments and the predict path."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from cvops import errors as E
+from cvops.platform.bodies import json_response, read_body, read_json
+from cvops.platform.context import principal, query_int
+from cvops.platform.keys import METRICS, SERVICES, SETTINGS
+from cvops.platform.routes import ADMIN, EVERY_ROLE, STAFF, Route
+
+IMAGE_TYPES = ("image/jpeg", "image/png")
+VIDEO_TYPES = ("video/mp4",)
+_BY_CODE: dict[str, type[E.CvopsError]] = {
+    cls.code: cls for cls in vars(E).values() if isinstance(cls, type) and issubclass(cls, E.CvopsError)
+}
+
+
+class DeploymentRequest(msgspec.Struct, forbid_unknown_fields=True):
+    model_id: str
+    engine: str = "auto"
+    workers: int | None = None
+    max_batch: int = 8
+    max_wait_ms: float = 5.0
+
+
+class DeploymentOut(msgspec.Struct):
+    id: str
+    model_id: str
+    engine: str
+    workers: int
+    status: str
+
+
+class DeploymentList(msgspec.Struct):
+    deployments: list[dict[str, Any]]
+
+
+class Prediction(msgspec.Struct):
+    class_id: int
+    label: str
+    score: float
+
+
+class PredictOut(msgspec.Struct):
+    predictions: list[Prediction] | None = None
+    detections: list[dict[str, Any]] | None = None
+    frames: list[dict[str, Any]] | None = None
+    fps: float | None = None
+
+
+async def create_deployment(request: web.Request) -> web.StreamResponse:
+    body = await read_json(request, DeploymentRequest, request.app[SETTINGS].max_json_bytes)
+    if body.workers is not None and not 1 <= body.workers <= 64:
+        raise E.ValidationFailed("workers must be 1..64", {"field": "workers"})
+    if not 1 <= body.max_batch <= 256:
+        raise E.ValidationFailed("max_batch must be 1..256", {"field": "max_batch"})
+    if not 0 <= body.max_wait_ms <= 1000:
+        raise E.ValidationFailed("max_wait_ms must be 0..1000", {"field": "max_wait_ms"})
+    pool = request.app[SERVICES].need("pool")
+    view = await pool.create(
+        body.model_id,
+        body.engine,
+        body.workers,
+        body.max_batch,
+        body.max_wait_ms,
+        principal(request).username,
+    )
+    return json_response(view, status=201)
+
+
+async def list_deployments(request: web.Request) -> web.StreamResponse:
+    return json_response(DeploymentList(deployments=await request.app[SERVICES].need("pool").list_deployments()))
+
+
+async def get_deployment(request: web.Request) -> web.StreamResponse:
+    return json_response(await request.app[SERVICES].need("pool").get(request.match_info["id"]))
+
+
+async def delete_deployment(request: web.Request) -> web.StreamResponse:
+    await request.app[SERVICES].need("pool").delete(request.match_info["id"], principal(request).username)
+    return web.Response(status=204)
+
+
+async def predict(request: web.Request) -> web.StreamResponse:
+    """Body: image/jpeg, image/png, or video/mp4 (detection models). The bytes go to a worker
+    untouched; decoding happens there."""
+    settings = request.app[SETTINGS]
+    pool = request.app[SERVICES].need("pool")
+    dep_id = request.match_info["id"]
+    ctype = request.content_type
+    if ctype not in IMAGE_TYPES + VIDEO_TYPES:
+        raise E.UnsupportedMediaType(f"expected image/jpeg, image/png or video/mp4, got {ctype or 'nothing'}")
+    top_k = query_int(request, "top_k", 5, 1, 1000)
+    body = await read_body(request, settings.max_predict_bytes)
+    if not body:
+        raise E.ValidationFailed("empty body; send the image bytes")
+    metrics = request.app[METRICS]
+    start = time.perf_counter()
+    status = "200"
+    try:
+        result = await pool.predict(dep_id, body, ctype, top_k)
+        err = result.get("error") if isinstance(result, dict) else None
+        if err:
+            cls = _BY_CODE.get(err.get("code", ""), E.ValidationFailed)
+            raise cls(err.get("message", "prediction failed"), err.get("details") or {})
+        return json_response(result)
+    except E.CvopsError as exc:
+        status = str(exc.status)
+        raise
+    finally:
+        metrics.inference_requests.labels(dep_id, status).inc()
+        metrics.inference_latency.labels(dep_id).observe(time.perf_counter() - start)
+        router = pool.router_of(dep_id)
+        if router is not None:
+            metrics.inference_queue.labels(dep_id).set(router.queued + router.inflight)
+
+
+ROUTES = [
+    Route(
+        "POST",
+        "/deployments",
+        create_deployment,
+        ADMIN,
+        "Deploy a ready model on an engine ('auto' = the engine its latest benchmark selected)",
+        body=DeploymentRequest,
+        response=DeploymentOut,
+        status=201,
+        tag="deployments",
+    ),
+    Route(
+        "GET",
+        "/deployments",
+        list_deployments,
+        STAFF,
+        "List deployments",
+        response=DeploymentList,
+        tag="deployments",
+    ),
+    Route(
+        "GET",
+        "/deployments/{id}",
+        get_deployment,
+        STAFF,
+        "One deployment with its router stats",
+        response=DeploymentOut,
+        tag="deployments",
+    ),
+    Route(
+        "DELETE",
+        "/deployments/{id}",
+        delete_deployment,
+        ADMIN,
+        "Delete a deployment",
+        status=204,
+        tag="deployments",
+    ),
+    Route(
+        "POST",
+        "/deployments/{id}/predict",
+        predict,
+        EVERY_ROLE,
+        "Predict on one image (jpeg/png) or a video (mp4, detection)",
+        body="image",
+        response=PredictOut,
+        query={"top_k": "integer"},
+        tag="deployments",
+    ),
+]

@@ -1,0 +1,248 @@
+"""Models: uploads (multipart), presets, records, ONNX download."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from cvops.blobs import BlobStore
+from cvops.errors import NotFound, ValidationFailed
+from cvops.platform.bodies import json_response, read_json
+from cvops.platform.context import principal, query_bool
+from cvops.platform.keys import SERVICES, SETTINGS
+from cvops.platform.routes import ADMIN, STAFF, Route
+from cvops.platform.uploads import read_multipart, record_rejection
+
+WAIT_S = 600.0
+_NAME = re.compile(r"^[\w .:+-]{1,128}$")
+
+
+class PresetRequest(msgspec.Struct, forbid_unknown_fields=True):
+    preset: str
+    name: str | None = None
+    num_classes: int | None = None
+    image_size: int | None = None
+    labels: list[str] | None = None
+
+
+class ModelOut(msgspec.Struct):
+    id: str
+    name: str
+    task: str
+    status: str
+    onnx: dict[str, Any] | None = None
+    parity: dict[str, Any] | None = None
+    error: str | None = None
+
+
+class ModelList(msgspec.Struct):
+    models: list[dict[str, Any]]
+
+
+def _blobs(request: web.Request) -> BlobStore:
+    return BlobStore(request.app[SETTINGS].blob_root)
+
+
+def parse_input_shape(raw: str | None) -> list[int] | None:
+    if raw is None or raw.strip() == "":
+        return None
+    try:
+        value = (
+            msgspec.json.decode(raw.encode())
+            if raw.strip().startswith("[")
+            else [int(x) for x in raw.split(",")]
+        )
+    except (msgspec.DecodeError, ValueError) as exc:
+        raise ValidationFailed("input_shape must be like [1,3,224,224]", {"field": "input_shape"}) from exc
+    if not isinstance(value, list) or len(value) != 4 or not all(isinstance(v, int) for v in value):
+        raise ValidationFailed("input_shape must be 4 integers [N,C,H,W]", {"field": "input_shape"})
+    n, c, h, w = value
+    if not (n == -1 or 1 <= n <= 1024) or c not in (1, 3, 4) or not (8 <= h <= 4096 and 8 <= w <= 4096):
+        raise ValidationFailed(
+            "input_shape out of range: N -1 or 1..1024, C 1/3/4, H and W 8..4096", {"field": "input_shape"}
+        )
+    return value
+
+
+def parse_labels(raw: str | None) -> list[str]:
+    if not raw:
+        return []
+    if raw.strip().startswith("["):
+        try:
+            labels = msgspec.json.decode(raw.encode(), type=list[str])
+        except msgspec.DecodeError as exc:
+            raise ValidationFailed(
+                "labels must be a JSON list of strings or comma-separated", {"field": "labels"}
+            ) from exc
+    else:
+        labels = [x.strip() for x in raw.split(",")]
+    if not all(labels) or len(labels) > 100_000:
+        raise ValidationFailed("labels must be non-empty strings", {"field": "labels"})
+    return labels
+
+
+async def upload_model(request: web.Request) -> web.StreamResponse:
+    services = request.app[SERVICES]
+    registry = services.need("registry")
+    settings = request.app[SETTINGS]
+    who = principal(request)
+    blobs = _blobs(request)
+    try:
+        up = await read_multipart(request, blobs, settings.max_model_bytes)
+    except Exception as exc:
+        await record_rejection(services.need("store"), "model", exc, who.username)
+        raise
+    assert up.blob is not None
+    try:
+        name = up.fields.get("name") or up.filename or "model"
+        task = up.fields.get("task", "")
+        if not _NAME.match(name):
+            raise ValidationFailed("name must be 1-128 letters, digits, spaces or ._:+-", {"field": "name"})
+        if task not in ("classification", "detection"):
+            raise ValidationFailed("task must be classification or detection", {"field": "task"})
+        from cvops.ml.formats import detect_format
+
+        path = blobs.path(up.blob.sha256)
+        fmt = await asyncio.get_running_loop().run_in_executor(None, detect_format, path, up.filename)
+        labels = parse_labels(up.fields.get("labels"))
+        fields: dict[str, Any] = {
+            "name": name,
+            "task": task,
+            "source_format": fmt,
+            "source_sha256": up.blob.sha256,
+            "source_bytes": up.blob.bytes,
+            "input_shape": parse_input_shape(up.fields.get("input_shape")),
+            "labels": labels,
+            "arch": up.fields.get("arch") or None,
+            "num_classes": len(labels) or None,
+        }
+    except Exception as exc:
+        blobs.delete(up.blob.sha256)
+        await record_rejection(services.need("store"), "model", exc, who.username)
+        raise
+    record = await registry.register(fields, who.username)
+    return await _reply(request, record)
+
+
+async def _reply(request: web.Request, record: dict[str, Any]) -> web.StreamResponse:
+    if query_bool(request, "wait"):
+        record = await request.app[SERVICES].need("registry").wait(record["id"], WAIT_S)
+        if record["status"] == "failed":
+            return json_response(
+                {
+                    "error": {
+                        "code": "model_rejected",
+                        "message": record.get("error") or "model rejected",
+                        "details": {"model": record, **(record.get("error_details") or {})},
+                    }
+                },
+                status=422,
+            )
+        return json_response(record, status=200 if record["status"] == "ready" else 202)
+    return json_response(record, status=202)
+
+
+async def create_preset(request: web.Request) -> web.StreamResponse:
+    from cvops.ml.presets import PRESETS, SPECS
+
+    body = await read_json(request, PresetRequest, request.app[SETTINGS].max_json_bytes)
+    spec = SPECS.get(body.preset)
+    if spec is None:
+        raise ValidationFailed(
+            f"unknown preset {body.preset!r}; known: {', '.join(PRESETS)}",
+            {"field": "preset", "known": list(PRESETS)},
+        )
+    if body.num_classes is not None and not 1 <= body.num_classes <= 100_000:
+        raise ValidationFailed("num_classes must be 1..100000", {"field": "num_classes"})
+    if body.image_size is not None and not (
+        spec.min_image_size <= body.image_size <= 4096 and body.image_size % spec.multiple_of == 0
+    ):
+        raise ValidationFailed(
+            f"image_size for {body.preset} must be {spec.min_image_size}..4096 and a multiple of {spec.multiple_of}",
+            {"field": "image_size"},
+        )
+    if body.labels is not None and body.num_classes is not None and len(body.labels) != body.num_classes:
+        raise ValidationFailed("labels must have num_classes entries", {"field": "labels"})
+    name = body.name or body.preset
+    if not _NAME.match(name):
+        raise ValidationFailed("name must be 1-128 letters, digits, spaces or ._:+-", {"field": "name"})
+    fields = {
+        "name": name,
+        "task": spec.task,
+        "source_format": "preset",
+        "source_sha256": "",
+        "source_bytes": 0,
+        "preset": body.preset,
+        "num_classes": body.num_classes or (len(body.labels) if body.labels else None),
+        "image_size": body.image_size,
+        "labels": body.labels or [],
+    }
+    record = await request.app[SERVICES].need("registry").register(fields, principal(request).username)
+    return await _reply(request, record)
+
+
+async def list_models(request: web.Request) -> web.StreamResponse:
+    return json_response(ModelList(models=await request.app[SERVICES].need("registry").list_models()))
+
+
+async def get_model(request: web.Request) -> web.StreamResponse:
+    return json_response(await request.app[SERVICES].need("registry").get(request.match_info["id"]))
+
+
+async def get_onnx(request: web.Request) -> web.StreamResponse:
+    rec = await request.app[SERVICES].need("registry").get(request.match_info["id"])
+    if rec["status"] != "ready" or not rec.get("onnx"):
+        raise NotFound(
+            f"model {rec['id']} has no ONNX form yet (status {rec['status']})", {"model_id": rec["id"]}
+        )
+    path = _blobs(request).path(rec["onnx"]["sha256"])
+    return web.FileResponse(
+        path,
+        headers={
+            "Content-Type": "application/octet-stream",
+            "Content-Disposition": f'attachment; filename="{rec["id"]}.onnx"',
+        },
+    )
+
+
+async def delete_model(request: web.Request) -> web.StreamResponse:
+    await request.app[SERVICES].need("registry").delete(request.match_info["id"], principal(request).username)
+    return web.Response(status=204)
+
+
+ROUTES = [
+    Route(
+        "POST",
+        "/models",
+        upload_model,
+        STAFF,
+        "Upload a model (multipart: file, name, task, optional input_shape, labels, arch); ?wait=true waits for conversion",
+        body="multipart-model",
+        response=ModelOut,
+        status=202,
+        query={"wait": "boolean"},
+        tag="models",
+    ),
+    Route(
+        "POST",
+        "/models/presets",
+        create_preset,
+        STAFF,
+        "Build a preset (resnet50, efficientnet_b0, yolov8n, resnet18, mobilenet_v3_small, tiny_cnn)",
+        body=PresetRequest,
+        response=ModelOut,
+        status=202,
+        query={"wait": "boolean"},
+        tag="models",
+    ),
+    Route("GET", "/models", list_models, STAFF, "List models", response=ModelList, tag="models"),
+    Route("GET", "/models/{id}", get_model, STAFF, "One model record", response=ModelOut, tag="models"),
+    Route(
+        "GET", "/models/{id}/onnx", get_onnx, STAFF, "Download the ONNX form", response="binary", tag="models"
+    ),
+    Route("DELETE", "/models/{id}", delete_model, ADMIN, "Delete a model", status=204, tag="models"),
+]
