@@ -247,7 +247,10 @@ def compare_outputs(
             )
         for a, b in zip(ref, out, strict=True):
             if a.size:
-                max_diff = max(max_diff, float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64)))))
+                diff = float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64))))
+                max_diff = diff if not math.isfinite(diff) else max(max_diff, diff)
+                if not math.isfinite(max_diff):
+                    break
         if ref and ref[0].size and int(np.argmax(ref[0].reshape(-1))) == int(np.argmax(out[0].reshape(-1))):
             matches += 1
         elif ref and not ref[0].size:
