@@ -29,7 +29,9 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import msgspec
+import torch
 from PIL import Image
+from torch.utils.data import Dataset
 
 from cvops.errors import ValidationFailed
 from cvops.events.schema import DatasetValidated
@@ -676,13 +678,12 @@ def yolo_label_path(image_path: Path) -> Path:
 
 
 def _default_transform() -> Callable[[Any], Any]:
-    import torch
     from torchvision.transforms import v2
 
     return v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True)])
 
 
-class ImageFolderDataset:
+class ImageFolderDataset(Dataset[tuple[Any, int]]):
     """A map-style torch ``Dataset`` over the files :func:`validate_dataset` listed for ``split``.
 
     ``root`` is the folder that was validated; items are ``(transform(image), class_index)`` with the
