@@ -308,6 +308,10 @@ def _export_legacy(module: nn.Module, example: torch.Tensor, out_path: Path, dyn
 
 def _export_dynamo(program: Any, out_path: Path, example: torch.Tensor | None, dynamic: bool) -> None:
     if isinstance(program, nn.Module) and not isinstance(program, torch.jit.ScriptModule):
+        if example is None:
+            raise ValidationFailed("the dynamo exporter needs an example input")
+        if dynamic and example.shape[0] == 1:  # torch.export specialises a batch of 1 to a constant
+            example = torch.cat([example, example])
         shapes = ({0: torch.export.Dim(BATCH_DIM, min=1, max=formats.MAX_BATCH)},) if dynamic else None
         program = torch.export.export(program, (example,), dynamic_shapes=shapes)
     with warnings.catch_warnings():
@@ -332,7 +336,12 @@ def _export(
     source: Any, example: torch.Tensor, out_path: Path, dynamic: bool, exporter: str, exported_program: bool
 ) -> str:
     if exported_program or exporter == "dynamo":
-        _export_dynamo(source, out_path, example, dynamic)
+        try:
+            _export_dynamo(source, out_path, example, dynamic)
+        except CvopsError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - exporter failures are model problems
+            raise ValidationFailed("ONNX export failed", {"reason": str(exc)[:1000]}) from exc
         return "dynamo"
     try:
         _export_legacy(source, example, out_path, dynamic)
@@ -345,6 +354,8 @@ def _export(
         log.warning("TorchScript-based ONNX export failed (%s); trying the dynamo exporter", exc)
     try:
         _export_dynamo(source, out_path, example, dynamic)
+    except CvopsError:
+        raise
     except Exception as exc:  # noqa: BLE001
         raise ValidationFailed("ONNX export failed", {"reason": str(exc)[:1000]}) from exc
     return "dynamo"
@@ -569,6 +580,7 @@ def convert_onnx(
             ) from exc
         parity, rel = compare_outputs(refs, outs, task, samples=sum(x.shape[0] for x in xs))
         nc = _output_classes(outputs, task, refs[0].shape)
+        out_labels = formats.labels_for(nc, labels)
         if not parity.passed:
             raise ValidationFailed(
                 "ONNX parity check failed: optimised and unoptimised onnxruntime outputs differ",
@@ -585,7 +597,7 @@ def convert_onnx(
         parameter_count=onnx_parameter_count(model),
         preprocessing=pre,
         parity=parity,
-        labels=formats.labels_for(nc, labels),
+        labels=out_labels,
         source_format=source_format,
         exporter="none",
         task=task,
