@@ -22,15 +22,19 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import logging
+import queue
 import sqlite3
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Any
 
+import msgspec
+
 from cvops.errors import ConcurrencyError, Unavailable, ValidationFailed
-from cvops.events.schema import Envelope, Event, encode_event, type_of
+from cvops.events.schema import Envelope, Event
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +58,7 @@ COLUMNS = "seq, stream, version, type, ts, data, user, correlation_id, causation
 _INSERT = f"INSERT INTO events ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 
 Row = tuple[int, str, int, str, float, bytes, str, str, str]
+_encode = msgspec.msgpack.Encoder().encode  # the same bytes as schema.encode_event, one call less
 
 
 # ------------------------------------------------------------------------------- shared read helpers
@@ -152,12 +157,15 @@ def iter_envelopes(
 
 
 class _Pending:
-    __slots__ = ("stream", "items", "expected", "user", "correlation_id", "causation_id", "future")
+    """One append waiting for its group: either encoded ``items`` or ``events`` to encode (``encoded``)."""
+
+    __slots__ = ("stream", "items", "encoded", "expected", "user", "correlation_id", "causation_id", "future")
 
     def __init__(
         self,
         stream: str,
-        items: Sequence[tuple[str, bytes]],
+        items: Sequence[Any],
+        encoded: bool,
         expected: int | None,
         user: str,
         correlation_id: str,
@@ -166,6 +174,7 @@ class _Pending:
     ) -> None:
         self.stream = stream
         self.items = items
+        self.encoded = encoded
         self.expected = expected
         self.user = user
         self.correlation_id = correlation_id
@@ -231,10 +240,27 @@ class _Writer:
                     continue
                 first = seq + 1
                 user, corr, caus = p.user, p.correlation_id, p.causation_id
-                for type_, data in p.items:
-                    seq += 1
-                    cur += 1
-                    rows.append((seq, stream, cur, type_, ts, data, user, corr, caus))
+                if p.encoded:
+                    for type_, data in p.items:
+                        seq += 1
+                        cur += 1
+                        rows.append((seq, stream, cur, type_, ts, data, user, corr, caus))
+                else:
+                    # encode here, in one pass with building the rows; a payload that does not encode
+                    # fails its own append only
+                    mark = len(rows)
+                    try:
+                        for e in p.items:
+                            seq += 1
+                            cur += 1
+                            rows.append(
+                                (seq, stream, cur, e.__struct_config__.tag, ts, _encode(e), user, corr, caus)
+                            )
+                    except Exception as exc:  # noqa: BLE001 - reported to the caller of this append
+                        del rows[mark:]
+                        seq = first - 1
+                        results.append(ValidationFailed(f"event does not encode: {exc}", {"stream": stream}))
+                        continue
                 touched[stream] = cur
                 results.append((first, len(p.items)))
             if rows:
@@ -260,13 +286,18 @@ class EventLog:
         self._lock_file = lock_file
         self._w = writer
         self._reader = reader
-        self._wexec = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cvops-eventlog-writer")
         self._rexec = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cvops-eventlog-reader")
+        self._loop = asyncio.get_running_loop()
         self._last_seq = writer.seq
-        self._pending: list[_Pending] = []
-        self._drainer: asyncio.Task[None] | None = None
-        self._changed = asyncio.Event()
+        self._pending: list[_Pending] = []  # appends waiting for the next group
+        self._busy = False  # a group is scheduled or being committed
+        self._idle = asyncio.Event()  # set while nothing is pending or in flight
+        self._idle.set()
+        self._changed = asyncio.Event()  # replaced and set on every commit (wakes wait_for)
         self._closed = False
+        self._jobs: queue.SimpleQueue[tuple[list[_Pending], float] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._writer_main, name="cvops-eventlog-writer", daemon=True)
+        self._thread.start()
         self.commits = 0  # transactions committed by this instance (group commit makes it < appends)
 
     # ------------------------------------------------------------------------------- open / close
@@ -286,11 +317,20 @@ class EventLog:
                 f"event log {p} is already open by another writer (lock {lock_path} is held)",
                 {"path": str(p), "lock": str(lock_path)},
             ) from exc
+        writer: _Writer | None = None
         try:
             loop = asyncio.get_running_loop()
             writer = await loop.run_in_executor(None, _Writer, p)
             reader = await loop.run_in_executor(None, _open_reader, p)
+        except sqlite3.DatabaseError as exc:
+            if writer is not None:
+                writer.close()
+            fcntl.flock(lock_file.fileno(), fcntl.LOCK_UN)
+            lock_file.close()
+            raise Unavailable(f"cannot open event log {p}: {exc}", {"path": str(p)}) from exc
         except BaseException:
+            if writer is not None:
+                writer.close()
             fcntl.flock(lock_file.fileno(), fcntl.LOCK_UN)
             lock_file.close()
             raise
@@ -302,12 +342,11 @@ class EventLog:
         if self._closed:
             return
         self._closed = True
-        while self._drainer is not None and not self._drainer.done():
-            await asyncio.shield(self._drainer)
+        await self._idle.wait()
+        self._jobs.put(None)  # the writer thread closes its connection and ends
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._wexec, self._w.close)
+        await loop.run_in_executor(None, self._thread.join)
         await loop.run_in_executor(self._rexec, self._reader.close)
-        self._wexec.shutdown(wait=True)
         self._rexec.shutdown(wait=True)
         fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_UN)
         self._lock_file.close()
@@ -346,8 +385,7 @@ class EventLog:
         ``expected_version``: None = no check, 0 = the stream must be new, N = the stream must be at N;
         a mismatch raises ConcurrencyError and writes nothing.
         """
-        items = [(type_of(e), encode_event(e)) for e in events]
-        return await self._submit(stream, items, expected_version, user, correlation_id, causation_id)
+        return await self._submit(stream, events, False, expected_version, user, correlation_id, causation_id)
 
     async def append_encoded(
         self,
@@ -360,12 +398,13 @@ class EventLog:
         causation_id: str = "",
     ) -> list[int]:
         """Like :meth:`append` for ``(type, msgpack data)`` pairs that are already encoded."""
-        return await self._submit(stream, items, expected_version, user, correlation_id, causation_id)
+        return await self._submit(stream, items, True, expected_version, user, correlation_id, causation_id)
 
     def _submit(
         self,
         stream: str,
-        items: Sequence[tuple[str, bytes]],
+        items: Sequence[Any],
+        encoded: bool,
         expected: int | None,
         user: str,
         correlation_id: str,
@@ -377,46 +416,66 @@ class EventLog:
             raise ValidationFailed("an event stream name must not be empty")
         if expected is not None and expected < 0:
             raise ValidationFailed(f"expected_version must be >= 0, got {expected}", {"stream": stream})
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[list[int]] = loop.create_future()
-        self._pending.append(_Pending(stream, items, expected, user, correlation_id, causation_id, fut))
-        if self._drainer is None:
-            self._drainer = loop.create_task(self._drain())
+        fut: asyncio.Future[list[int]] = self._loop.create_future()
+        self._pending.append(
+            _Pending(stream, items, encoded, expected, user, correlation_id, causation_id, fut)
+        )
+        if not self._busy:
+            # one loop iteration later, so every append made ready in this iteration joins the group
+            self._busy = True
+            self._idle.clear()
+            self._loop.call_soon(self._kick)
         return fut
 
-    async def _drain(self) -> None:
-        """Write everything queued, one transaction per round, until the queue is empty."""
-        loop = asyncio.get_running_loop()
-        try:
-            while self._pending:
-                batch, self._pending = self._pending, []
-                try:
-                    results, seq = await loop.run_in_executor(self._wexec, self._w.commit, batch, time.time())
-                except BaseException as exc:  # the whole group failed: tell every caller, keep going
-                    log.exception("event log commit of %d appends failed", len(batch))
-                    err = (
-                        exc if isinstance(exc, Exception) else Unavailable("event log commit was interrupted")
-                    )
-                    for p in batch:
-                        if not p.future.done():
-                            p.future.set_exception(err)
-                    if not isinstance(exc, Exception):
-                        raise
+    def _kick(self) -> None:
+        """Hand everything pending to the writer thread as one group (one transaction, one fsync)."""
+        if not self._pending:
+            self._busy = False
+            self._idle.set()
+            return
+        batch, self._pending = self._pending, []
+        self._jobs.put((batch, time.time()))
+
+    def _writer_main(self) -> None:
+        """The writer thread: commit each group, then report back to the loop in one callback."""
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                self._w.close()
+                return
+            batch, ts = job
+            try:
+                outcome: tuple[list[_Result], int] | BaseException = self._w.commit(batch, ts)
+            except Exception as exc:  # the whole group failed; every caller hears about it
+                log.exception("event log commit of %d appends failed", len(batch))
+                outcome = exc
+            try:
+                self._loop.call_soon_threadsafe(self._done, batch, outcome)
+            except RuntimeError:  # the loop is gone; nobody is waiting any more
+                log.error("event log writer: event loop closed with %d appends in flight", len(batch))
+
+    def _done(self, batch: list[_Pending], outcome: tuple[list[_Result], int] | BaseException) -> None:
+        """On the loop: resolve the group's futures, wake waiters, start the next group."""
+        if isinstance(outcome, BaseException):
+            for p in batch:
+                if not p.future.done():
+                    p.future.set_exception(outcome)
+        else:
+            results, seq = outcome
+            self._last_seq = seq
+            self.commits += 1
+            for p, r in zip(batch, results, strict=True):
+                if p.future.done():  # the caller was cancelled; its events are committed anyway
                     continue
-                self._last_seq = seq
-                self.commits += 1
-                for p, r in zip(batch, results, strict=True):
-                    if p.future.done():
-                        continue
-                    if isinstance(r, BaseException):
-                        p.future.set_exception(r)
-                    else:
-                        first, n = r
-                        p.future.set_result(list(range(first, first + n)))
-                changed, self._changed = self._changed, asyncio.Event()
-                changed.set()
-        finally:
-            self._drainer = None
+                if isinstance(r, BaseException):
+                    p.future.set_exception(r)
+                else:
+                    first, n = r
+                    p.future.set_result(list(range(first, first + n)))
+            changed, self._changed = self._changed, asyncio.Event()
+            changed.set()
+        # appends that arrived during the commit form the next group, right away
+        self._kick()
 
     # ---------------------------------------------------------------------------------------- read
 

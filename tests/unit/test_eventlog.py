@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from cvops.errors import ConcurrencyError, Unavailable
+from cvops.errors import ConcurrencyError, Unavailable, ValidationFailed
 from cvops.events.log import EventLog, iter_envelopes, open_readonly
-from cvops.events.schema import JobQueued, encode_event
+from cvops.events.schema import JobProgressed, JobQueued, encode_event
 from tests.contracts import EventStoreContract, ev
 
 
@@ -68,6 +68,22 @@ async def test_append_encoded_and_last_seq(tmp_path: Path) -> None:
         await log.append("s", [ev(1)])
     with pytest.raises(Unavailable):
         await log.read()
+
+
+async def test_unencodable_event_fails_its_append_alone(tmp_path: Path) -> None:
+    async with await EventLog.open(tmp_path / "e.db") as log:
+        bad = JobProgressed(job_id="x", progress={"obj": object()})  # msgspec cannot encode an object()
+        results = await asyncio.gather(
+            log.append("a", [ev(1)]),
+            log.append("b", [ev(2), bad], expected_version=0),
+            log.append("c", [ev(3)]),
+            return_exceptions=True,
+        )
+        assert results[0] == [1] and results[2] == [2]
+        assert isinstance(results[1], ValidationFailed)
+        assert await log.stream_version("b") == 0
+        assert [e.stream for e in await log.read()] == ["a", "c"]
+        assert encode_event(ev(1)) == (await log.read())[0].data  # same bytes as schema.encode_event
 
 
 async def test_wait_for(tmp_path: Path) -> None:
@@ -168,3 +184,14 @@ async def test_second_writer_in_another_process(tmp_path: Path) -> None:
     # once released, another process may open it
     async with await EventLog.open(path) as log:
         assert log.last_seq == 0
+
+
+async def test_open_refuses_a_file_that_is_not_a_log(tmp_path: Path) -> None:
+    bad = tmp_path / "events.db"
+    bad.write_bytes(b"not a database at all" * 200)
+    with pytest.raises(Unavailable, match="cannot open event log"):
+        await EventLog.open(bad)
+    # the lock was released: a good file in the same place opens fine afterwards
+    bad.unlink()
+    async with await EventLog.open(bad) as log:
+        assert await log.append("s", [ev(1)]) == [1]
