@@ -219,12 +219,29 @@ def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure is a refused upload
+        text = str(exc)
+        reason = _weights_only_reason(text) or type(exc).__name__
+        with open(path, "rb") as f:
+            head = f.read(4)
+        # a pickle (protocol 2+) or a torch.save zip that the weights-only unpickler refused
+        if head[:1] == b"\x80" or head.startswith(b"PK") or "global" in text.lower():
+            raise ValidationFailed(
+                "pickled Python objects are refused: only tensors (a state_dict saved with torch.save) "
+                "load, with torch.load(weights_only=True)",
+                {"reason": reason},
+            ) from exc
         raise ValidationFailed(
-            "pickled Python objects are refused: only tensors (a state_dict saved with torch.save) load "
-            "with weights_only=True",
-            {"reason": str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__},
+            "not a readable torch state_dict file (corrupt, or not written by torch.save)", {"reason": reason}
         ) from exc
     return unwrap_state_dict(obj)
+
+
+def _weights_only_reason(text: str) -> str:
+    """The informative line of torch's weights_only error (which global was refused)."""
+    for line in text.splitlines():
+        if "WeightsUnpickler error" in line or "Unsupported" in line:
+            return line.strip()[:300]
+    return text.splitlines()[0][:300] if text else ""
 
 
 def unwrap_state_dict(obj: object) -> dict[str, torch.Tensor]:

@@ -85,6 +85,8 @@ def test_detect_format_by_content(tmp_path: Path, tiny: torch.nn.Module) -> None
     legacy = tmp_path / "legacy.bin"
     torch.save(tiny.state_dict(), legacy, _use_new_zipfile_serialization=False)
     assert formats.detect_format(legacy, "legacy.bin") == formats.STATE_DICT
+    reloaded = formats.load_torch_model(legacy, formats.STATE_DICT, arch="tiny_cnn")
+    assert torch.equal(reloaded.state_dict()["fc.weight"], tiny.state_dict()["fc.weight"])
 
     pickled = tmp_path / "model.onnx"  # a pickle pretending to be ONNX
     pickled.write_bytes(pickle.dumps({"a": 1}))
@@ -187,6 +189,24 @@ def test_state_dict_of_a_preset_and_wrapped_checkpoint(tmp_path: Path, tiny: tor
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(module(x), tiny(x))
+
+
+def test_yolov8n_state_dict_infers_classes(tmp_path: Path) -> None:
+    built = build_preset("yolov8n", num_classes=3)
+    assert formats.infer_num_classes("yolov8n", built.module.state_dict()) == 3
+    sd = tmp_path / "y.pt"
+    torch.save(built.module.state_dict(), sd)
+    module = formats.load_torch_model(sd, formats.STATE_DICT, arch="yolov8n")
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(module(x), built.module(x))
+
+
+def test_garbage_pt_file_is_422(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a torch file at all" * 10)
+    with pytest.raises(ValidationFailed, match="not a readable torch state_dict"):
+        formats.load_torch_model(junk, formats.STATE_DICT, arch="tiny_cnn")
 
 
 def test_state_dict_without_arch_is_422(tmp_path: Path, tiny: torch.nn.Module) -> None:
@@ -311,6 +331,40 @@ def test_onnx_upload_converts_with_ort_parity(tmp_path: Path, tiny: torch.nn.Mod
     assert not (tmp_path / "o2.onnx").exists()
     with pytest.raises(ValidationFailed, match="detection"):
         convert(src, formats.ONNX, task="detection", out_path=tmp_path / "o3.onnx")
+
+
+def _pool_model(path: Path, elem: int, hw: list[Any]) -> Path:
+    import onnx
+    from onnx import helper
+
+    g = helper.make_graph(
+        [
+            helper.make_node("GlobalAveragePool", ["x"], ["p"]),
+            helper.make_node("Flatten", ["p"], ["y"], axis=1),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", elem, ["N", 3, *hw])],
+        [helper.make_tensor_value_info("y", elem, ["N", 3])],
+    )
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_onnx_float16_and_dynamic_hw(tmp_path: Path) -> None:
+    from onnx import TensorProto
+
+    half = _pool_model(tmp_path / "half.onnx", TensorProto.FLOAT16, [16, 16])
+    res = convert(half, formats.ONNX, task="classification", out_path=tmp_path / "h_out.onnx")
+    assert res.parity.passed and res.inputs[0].dtype == "float16" and res.parity.tolerance >= 1e-2
+    assert res.preprocessing.image_size == [16, 16]
+
+    dyn = _pool_model(tmp_path / "dyn.onnx", TensorProto.FLOAT, ["H", "W"])
+    with pytest.raises(ValidationFailed, match="pass input_shape"):
+        convert(dyn, formats.ONNX, task="classification", out_path=tmp_path / "d_out.onnx")
+    res2 = convert(
+        dyn, formats.ONNX, task="classification", input_shape=[1, 3, 24, 32], out_path=tmp_path / "d_out.onnx"
+    )
+    assert res2.parity.passed and res2.preprocessing.image_size == [24, 32] and res2.parameter_count == 0
 
 
 def test_truncated_onnx_is_rejected(tmp_path: Path, tiny: torch.nn.Module) -> None:
