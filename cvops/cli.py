@@ -63,7 +63,8 @@ async def _serve(args: argparse.Namespace) -> int:
     app = make_app(settings, background=[boot_ctx(announce)])
     app["cvops.reinstall_signals"] = lambda: loop.call_soon_threadsafe(install)
     install()
-    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=5.0)
+    # no per-request access log: at 100 concurrent users it costs CPU; /metrics counts requests
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=5.0, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True)
     await site.start()

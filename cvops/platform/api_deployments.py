@@ -75,7 +75,9 @@ async def create_deployment(request: web.Request) -> web.StreamResponse:
 
 
 async def list_deployments(request: web.Request) -> web.StreamResponse:
-    return json_response(DeploymentList(deployments=await request.app[SERVICES].need("pool").list_deployments()))
+    return json_response(
+        DeploymentList(deployments=await request.app[SERVICES].need("pool").list_deployments())
+    )
 
 
 async def get_deployment(request: web.Request) -> web.StreamResponse:

@@ -110,10 +110,8 @@ async def stop_services(services: Any) -> None:
 def start_reaper(session_dir: str) -> None:
     """A tiny process that outlives a ``kill -9`` of this server and then stops the Ray processes of
     this session, so the next start finds the database free."""
-    if not session_dir:
-        return
     subprocess.Popen(  # noqa: S603
-        [sys.executable, "-m", "cvops.platform.reaper", str(os.getpid()), session_dir],
+        [sys.executable, "-m", "cvops.platform.reaper", str(os.getpid()), session_dir or ""],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

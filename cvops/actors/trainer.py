@@ -1,0 +1,152 @@
+"""Trainer: the body of a train job, run by a JobWorker actor holding a GPU token.
+
+Fine-tunes the model's torch form on a validated dataset with :func:`cvops.ml.training.train_classifier`:
+progress per epoch (and every few seconds inside one) as JobProgressed, a checkpoint per epoch in the
+blob store (CheckpointSaved), resume from the last checkpoint after a crash, and the result registered
+as a new model version (lineage: parent model, dataset, hyperparameters) with its ONNX conversion.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from cvops.actors.jobs import JobCancelled, JobContext
+from cvops.errors import ValidationFailed
+
+log = logging.getLogger(__name__)
+
+CONVERSION_WAIT_S = 900.0
+
+
+def _fit_head(module: Any, rec: dict[str, Any], classes: list[str], blobs: Any) -> Any:
+    """A model whose class count differs from the dataset's gets a fresh head: the preset is rebuilt
+    with the dataset's classes and every weight whose shape still fits is kept."""
+    import torch
+
+    from cvops.ml import presets
+
+    arch = (rec.get("onnx") or {}).get("torch_arch") or rec.get("preset") or rec.get("arch")
+    num = rec.get("num_classes") or len(rec.get("labels") or [])
+    if num == len(classes):
+        return module
+    if arch not in presets.PRESETS:
+        raise ValidationFailed(
+            f"the model has {num} classes and the dataset {len(classes)}; only presets can be re-headed",
+            {"model_classes": num, "dataset_classes": len(classes)},
+        )
+    fresh = presets.build_preset(arch, num_classes=len(classes), image_size=rec.get("image_size")).module
+    own = fresh.state_dict()
+    keep = {k: v for k, v in module.state_dict().items() if k in own and own[k].shape == v.shape}
+    own.update(keep)
+    fresh.load_state_dict(own)
+    log.info("re-headed %s: kept %d of %d tensors", arch, len(keep), len(own))
+    return fresh.to(torch.float32)
+
+
+def _dataset_root(ctx: JobContext, ds: dict[str, Any]) -> Path:
+    from cvops.ml.datasets import safe_extract
+
+    root = ctx.settings.data_path / (ds.get("path") or f"datasets/{ds['id']}")
+    if not root.exists():  # e.g. a data dir restored without its extracted folders
+        safe_extract(ctx.blobs.path(ds["sha256"]), root, max_total_bytes=ctx.settings.max_dataset_bytes)
+    return root
+
+
+def run_train_job(ctx: JobContext) -> dict[str, Any]:
+    import torch
+
+    from cvops.actors.registry import Registry, build_torch_source
+    from cvops.ml.datasets import validate_dataset
+    from cvops.ml.training import TrainingCancelled, train_classifier, validate_hyperparameters
+
+    t0 = time.monotonic()
+    spec = ctx.spec
+    hp = validate_hyperparameters(spec.get("hyperparameters") or {})
+    registry = Registry.connect()
+    rec = ray.get(registry._h.get.remote(spec["model_id"]))
+    ds = ray.get(registry._h.get_dataset.remote(spec["dataset_id"]))
+    if rec["task"] != "classification" or ds["task"] != "classification":
+        raise ValidationFailed("training supports classification models and datasets", {"task": rec["task"]})
+    module = build_torch_source(rec, ctx.blobs)
+    if module is None:
+        raise ValidationFailed(
+            "this model has no torch form to train (ONNX uploads cannot be fine-tuned); use a preset or "
+            "upload TorchScript / a state_dict with arch"
+        )
+    module = _fit_head(module, rec, list(ds["classes"]), ctx.blobs)
+    root = _dataset_root(ctx, ds)
+    info = validate_dataset(root, ds["task"], ds["format"])
+    resume_from: bytes | None = None
+    start_epoch = 0
+    if ctx.last_checkpoint:
+        resume_from = ctx.blobs.read_bytes(ctx.last_checkpoint["sha256"])
+        start_epoch = int(ctx.last_checkpoint["epoch"])
+        ctx.progress({"phase": "resumed", "from_epoch": start_epoch}, force=True)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    pre = (rec.get("onnx") or {}).get("preprocessing")
+
+    def progress(p: dict[str, Any]) -> None:
+        ctx.progress(p, force=p.get("phase") == "epoch")
+
+    try:
+        result = train_classifier(
+            module,
+            root,
+            info,
+            hp,
+            device=ctx.device,
+            preprocessing=pre,
+            progress=progress,
+            checkpoint=ctx.checkpoint,
+            should_stop=ctx.should_stop,
+            resume_from=resume_from,
+            start_epoch=start_epoch,
+        )
+    except TrainingCancelled as exc:
+        raise JobCancelled(ctx.job_id) from exc
+    weights = ctx.blobs.put_bytes(result.state_dict)
+    arch = (rec.get("onnx") or {}).get("torch_arch") or rec.get("preset") or rec.get("arch")
+    fields = {
+        "name": f"{rec['name']}-ft-{ctx.job_id[:8]}",
+        "task": "classification",
+        "source_format": "state_dict",
+        "source_sha256": weights.sha256,
+        "source_bytes": weights.bytes,
+        "arch": arch,
+        "num_classes": len(info.classes),
+        "image_size": rec.get("image_size") or (pre or {}).get("image_size", [None])[0],
+        "labels": list(info.classes),
+        "parent_model_id": rec["id"],
+        "dataset_id": ds["id"],
+        "hyperparameters": {k: v for k, v in (spec.get("hyperparameters") or {}).items()},
+        "model_id": f"{ctx.job_id[:12]}t",  # stable: a retried registration hits the same stream
+    }
+    try:
+        new = ray.get(registry._h.register.remote(dict(fields), ctx.job_id))
+    except ray.exceptions.RayTaskError as exc:  # already registered by an earlier attempt
+        log.info("trained model registration: %s", exc)
+        new = ray.get(registry._h.get.remote(fields["model_id"]))
+    new = ray.get(registry._h.wait.remote(new["id"], CONVERSION_WAIT_S))
+    return {
+        "model_id": new["id"],
+        "model_status": new["status"],
+        "parity": new.get("parity"),
+        "epochs_done": result.epochs_done,
+        "best_val_accuracy": result.best_val_accuracy,
+        "best_epoch": result.best_epoch,
+        "final_loss": result.final_loss,
+        "images_per_s": result.images_per_s,
+        "first_step_s": result.first_step_s,
+        "resumed_from_epoch": result.resumed_from_epoch,
+        "history": result.history,
+        "seconds": time.monotonic() - t0,
+    }
+
+
+def run_evolve_job(ctx: JobContext) -> dict[str, Any]:
+    raise ValidationFailed("evolve jobs are not implemented yet in this version of cvops")
