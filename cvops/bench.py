@@ -428,6 +428,18 @@ def _error_text(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+def _init_cuda_context(device_index: int) -> None:
+    """Create the device's CUDA context (through torch, when it can) before memory baselines."""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.zeros(1, device=f"cuda:{device_index}")
+            torch.cuda.synchronize(device_index)
+    except (ImportError, RuntimeError) as exc:
+        log.debug("could not initialise CUDA before the memory baseline: %s", exc)
+
+
 class _Run:
     """State shared by the engines of one :func:`run_benchmark` call."""
 
@@ -525,6 +537,8 @@ class _Run:
             )
         cfg = self.config
         cuda = engine.device == "cuda"
+        if cuda:
+            _init_cuda_context(self.device_index)  # so the first CUDA engine is not charged for it
         gc.collect()
         rss_base = self.proc.memory_info().rss / MIB
         gpu_base: float | None = None

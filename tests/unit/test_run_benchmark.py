@@ -92,14 +92,14 @@ def test_agreement(result: tuple[BenchmarkResult, list[dict[str, Any]]]) -> None
 
 
 def test_progress_is_reported(result: tuple[BenchmarkResult, list[dict[str, Any]]]) -> None:
-    _, events = result
+    res, events = result
     done = [e for e in events if e["phase"] == "done"]
-    assert {(e["engine"], e["batch_size"]) for e in done} == {
-        (n, b) for n in ("onnxruntime-cpu", "onnxruntime-cpu-int8", "torch-cpu") for b in (1, 4)
-    }
+    ran = {r.engine for r in res.results if r.available}  # the CUDA engines too, on a GPU machine
+    assert {"onnxruntime-cpu", "onnxruntime-cpu-int8", "torch-cpu"} <= ran
+    assert {(e["engine"], e["batch_size"]) for e in done} == {(n, b) for n in ran for b in (1, 4)}
     assert all(e["iterations_done"] == e["iterations_total"] == 5 for e in done)
     assert events[0]["engine"] == "onnxruntime-cpu" and events[0]["iterations_done"] == 0
-    assert len(events) < 40  # throttled, not one per iteration
+    assert len(events) < 8 * len(ran)  # throttled, not one per iteration
 
 
 def test_results_fit_the_event(result: tuple[BenchmarkResult, list[dict[str, Any]]]) -> None:
