@@ -377,3 +377,47 @@ def test_yolov8n_detector_one_epoch(tmp_path: Path) -> None:
     assert epoch_events and "map50" in epoch_events[-1] and math.isfinite(epoch_events[-1]["loss"])
     state = load_state_dict_bytes(result.state_dict)
     assert any(k.endswith("weight") for k in state)
+    from PIL import Image
+
+    # ultralytics' import-time monkey patches are undone (its Image.open tries to pip-install plugins)
+    assert Image.open.__module__ == "PIL.Image" and torch.save.__module__ == "torch.serialization"
+
+
+@pytest.mark.slow
+def test_yolov8n_detector_cancel_and_resume(tmp_path: Path) -> None:
+    pytest.importorskip("ultralytics")
+    root = yolo_shapes_dataset(tmp_path / "y", n=8, size=64, seed=2)
+    info = validate_dataset(root, "detection", "yolo")
+    hp = {"epochs": 2, "batch_size": 4, "num_workers": 0, "image_size": 64}
+    calls = 0
+
+    def stop() -> bool:
+        nonlocal calls
+        calls += 1
+        return calls > 1
+
+    with pytest.raises(TrainingCancelled) as exc:
+        tr.train_detector(None, root, info, hp, should_stop=stop)
+    assert (exc.value.epoch, exc.value.batch) == (1, 2)
+    ckpts: dict[int, bytes] = {}
+    tr.train_detector(
+        None, root, info, {**hp, "epochs": 1}, checkpoint=lambda e, b, m: ckpts.__setitem__(e, b)
+    )
+    seen: list[int] = []
+    resumed = tr.train_detector(
+        None,
+        root,
+        info,
+        hp,
+        resume_from=ckpts[1],
+        progress=lambda p: seen.append(p["epoch"]) if p["phase"] == "epoch" else None,
+    )
+    assert seen == [2] and resumed.epochs_done == 2 and resumed.resumed_from_epoch == 1
+    assert [h["epoch"] for h in resumed.history] == [1, 2]
+    with pytest.raises(ValidationFailed, match="detection"):
+        tr.train_detector(
+            None,
+            root,
+            validate_dataset(draw_shapes_dataset(tmp_path / "c", 2, 16), "classification", "imagefolder"),
+            hp,
+        )
