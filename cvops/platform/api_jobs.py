@@ -79,7 +79,7 @@ async def list_jobs(request: web.Request) -> web.StreamResponse:
     jobs = (
         await request.app[SERVICES]
         .need("scheduler")
-        .list(request.query.get("kind"), request.query.get("status"))
+        .list_jobs(request.query.get("kind"), request.query.get("status"))
     )
     return json_response(JobList(jobs=jobs))
 

@@ -96,6 +96,10 @@ def decode_json(body: bytes, type_: type[T]) -> T:
     if not body.strip():
         raise BadRequest("request body is empty; expected JSON")
     try:
+        msgspec.json.decode(body)  # syntax first: broken JSON is 400 even when a field is also wrong
+    except msgspec.DecodeError as exc:
+        raise BadRequest(f"malformed JSON: {exc}") from exc
+    try:
         return msgspec.json.decode(body, type=type_)
     except msgspec.ValidationError as exc:
         msg = str(exc)
