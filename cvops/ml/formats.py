@@ -151,19 +151,42 @@ def detect_format(path: Path | str, filename: str = "") -> str:
 # -------------------------------------------------------------------------------------------- ONNX
 
 
+def _graph_tensors(graph: Any) -> Iterator[Any]:
+    """Every TensorProto of a graph, its sparse initializers, node attributes and subgraphs."""
+    yield from graph.initializer
+    for sp in graph.sparse_initializer:
+        yield sp.values
+        yield sp.indices
+    yield from _node_tensors(graph.node)
+
+
+def _node_tensors(nodes: Any) -> Iterator[Any]:
+    for node in nodes:
+        for a in node.attribute:
+            if a.HasField("t"):
+                yield a.t
+            yield from a.tensors
+            if a.HasField("sparse_tensor"):
+                yield a.sparse_tensor.values
+                yield a.sparse_tensor.indices
+            for sp in a.sparse_tensors:
+                yield sp.values
+                yield sp.indices
+            if a.HasField("g"):
+                yield from _graph_tensors(a.g)
+            for g in a.graphs:
+                yield from _graph_tensors(g)
+
+
 def _external_locations(model: Any) -> Iterator[str]:
     import onnx
 
-    for init in list(model.graph.initializer) + [
-        t
-        for node in model.graph.node
-        for a in node.attribute
-        if a.type == onnx.AttributeProto.TENSOR
-        for t in [a.t]
-    ]:
-        if init.data_location == onnx.TensorProto.EXTERNAL:
-            loc = next((e.value for e in init.external_data if e.key == "location"), "")
-            yield loc
+    tensors = list(_graph_tensors(model.graph))
+    for fn in model.functions:
+        tensors.extend(_node_tensors(fn.node))
+    for t in tensors:
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            yield next((e.value for e in t.external_data if e.key == "location"), "")
 
 
 def _escapes(location: str) -> bool:

@@ -281,12 +281,14 @@ def build_preset(
     *,
     labels: list[str] | None = None,
     state_dict: Mapping[str, torch.Tensor] | None = None,
+    seed: int = 0,
 ) -> BuiltModel:
     """Build preset ``name`` with random weights (or ``weights_path`` / ``state_dict`` loaded strictly).
 
     ``num_classes`` defaults to ``len(labels)`` or the preset's default (1000 for ImageNet-style
     classifiers, 80 for yolov8n, 10 for tiny_cnn); ``image_size`` (square) to the preset's default
-    (224, 640 for yolov8n, 32 for tiny_cnn).  Unknown names raise :class:`ValidationFailed`.
+    (224, 640 for yolov8n, 32 for tiny_cnn).  Random weights come from ``seed`` (the global RNG is left
+    as it was), so a preset request is reproducible.  Unknown names raise :class:`ValidationFailed`.
     """
     spec = SPECS.get(name)
     if spec is None:
@@ -309,7 +311,9 @@ def build_preset(
         raise ValidationFailed(
             f"image_size for {name} must be a multiple of {spec.multiple_of}", {"image_size": size}
         )
-    module = PRESETS[name](num_classes, size)
+    with torch.random.fork_rng(devices=[]):  # seeded: the same request builds the same weights
+        torch.manual_seed(seed)
+        module = PRESETS[name](num_classes, size)
     if weights_path is not None:
         state_dict = load_state_dict_file(Path(weights_path))
     if state_dict is not None:

@@ -17,6 +17,7 @@ from cvops.events.schema import ModelConverted, decode_event, encode_event, type
 from cvops.ml.convert import (
     ATOL,
     ConversionResult,
+    compare_outputs,
     convert_module,
     convert_preset,
     ort_session,
@@ -126,16 +127,53 @@ def test_labels_and_event(tmp_path: Path) -> None:
     assert msgspec.json.decode(msgspec.json.encode(res), type=ConversionResult) == res
 
 
+def test_presets_are_seeded_and_leave_the_global_rng_alone() -> None:
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    a = build_preset("tiny_cnn", seed=7)
+    assert torch.equal(torch.rand(3), expected)
+    b = build_preset("tiny_cnn", seed=7)
+    assert all(
+        torch.equal(p, q)
+        for p, q in zip(a.module.state_dict().values(), b.module.state_dict().values(), strict=True)
+    )
+
+
 def test_weights_path_is_loaded(tmp_path: Path) -> None:
     a = build_preset("tiny_cnn", num_classes=3)
     w = tmp_path / "w.pt"
     torch.save(a.module.state_dict(), w)
-    b = build_preset("tiny_cnn", num_classes=3, weights_path=w)
+    b = build_preset("tiny_cnn", num_classes=3, weights_path=w, seed=1)  # other random init, then loaded
+    c = build_preset("tiny_cnn", num_classes=3, seed=1)
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(a.module(x), b.module(x))
+        assert not torch.equal(a.module(x), c.module(x))
     with pytest.raises(ValidationFailed, match="do not fit"):
         build_preset("tiny_cnn", num_classes=5, weights_path=w)
+
+
+def test_compare_outputs_tolerance_and_decisive_top1() -> None:
+    ref = np.array([[1.0, 0.99999, 0.0], [0.0, 0.0, 5.0]])  # row 0 is a near-tie, row 1 is decisive
+    flipped_tie = np.array([[0.99999, 1.0, 0.0], [0.0, 0.0, 5.0]])
+    p, _ = compare_outputs([ref], [flipped_tie], "classification", samples=2)
+    assert p.passed and p.top1_agreement == 1.0 and p.max_abs_diff == pytest.approx(1e-5)
+    wrong = np.array([[1.0, 0.99999, 0.0], [0.0, 6.0, 5.0]])
+    p2, _ = compare_outputs([ref], [wrong], "classification", samples=2)
+    assert not p2.passed and p2.top1_agreement == 0.0 and p2.tolerance == pytest.approx(1e-4 + 5e-5)
+    # detection: boxes may differ by rtol * 640, scores only by atol
+    det = np.zeros((1, 6, 3))
+    det[0, :4] = 640.0
+    det[0, 4:] = 0.5
+    boxes_off = det.copy()
+    boxes_off[0, 0] += 1e-3
+    assert compare_outputs([det], [boxes_off], "detection", samples=1)[0].passed
+    scores_off = det.copy()
+    scores_off[0, 4] += 1e-3
+    assert not compare_outputs([det], [scores_off], "detection", samples=1)[0].passed
+    with pytest.raises(ValidationFailed, match="NaN"):
+        compare_outputs([ref], [ref * np.nan], "classification", samples=2)
 
 
 class _TraceDiffers(torch.nn.Module):

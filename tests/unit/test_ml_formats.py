@@ -422,6 +422,38 @@ def test_onnx_external_data_is_rejected(tmp_path: Path, location: str, message: 
     assert not (tmp_path / "o.onnx").exists()
 
 
+def test_onnx_external_data_in_a_subgraph_is_rejected(tmp_path: Path) -> None:
+    import onnx
+    from onnx import TensorProto, helper
+
+    def branch(name: str, location: str | None) -> Any:
+        t = helper.make_tensor("v", TensorProto.FLOAT, [1], [1.0])
+        if location is not None:
+            t.ClearField("float_data")
+            t.data_location = TensorProto.EXTERNAL
+            entry = t.external_data.add()
+            entry.key, entry.value = "location", location
+        node = helper.make_node("Constant", [], [f"{name}_out"], value=t)
+        return helper.make_graph(
+            [node], name, [], [helper.make_tensor_value_info(f"{name}_out", TensorProto.FLOAT, [1])]
+        )
+
+    graph = helper.make_graph(
+        [
+            helper.make_node(
+                "If", ["c"], ["y"], then_branch=branch("a", "../../etc/passwd"), else_branch=branch("b", None)
+            )
+        ],
+        "g",
+        [helper.make_tensor_value_info("c", TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )
+    p = tmp_path / "sub.onnx"
+    onnx.save(helper.make_model(graph), str(p))
+    with pytest.raises(ValidationFailed, match="escapes"):
+        formats.check_onnx(p)
+
+
 # -------------------------------------------------------------------------------------- input shape
 
 
