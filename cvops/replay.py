@@ -171,6 +171,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
     rb = sub.add_parser("rebuild", help="fold the log into state and print its hash", parents=[common])
     rb.add_argument("--until", type=int, default=None, dest="until_seq", help="stop at this seq")
+    rb.add_argument("--tokens", type=int, default=None, help="GPU tokens (default: CVOPS_GPU_TOKENS)")
     rb.add_argument("--json", action="store_true")
 
     vf = sub.add_parser(
@@ -195,6 +196,17 @@ def _db_path(args: argparse.Namespace) -> Path:
     from cvops.config import load_settings
 
     return load_settings().db_path
+
+
+def _tokens(args: argparse.Namespace) -> int:
+    tokens: int | None = getattr(args, "tokens", None)
+    if tokens is None:
+        from cvops.config import load_settings
+
+        tokens = load_settings().gpu_tokens
+    if tokens < 1:
+        raise ValidationFailed(f"--tokens must be >= 1, got {tokens}")
+    return tokens
 
 
 def _filters(args: argparse.Namespace) -> dict[str, Any]:
@@ -352,7 +364,7 @@ def cmd_stats(conn: sqlite3.Connection, args: argparse.Namespace, out: _Out) -> 
 def cmd_rebuild(conn: sqlite3.Connection, args: argparse.Namespace, out: _Out) -> int:
     from cvops.events.projections import rebuild, state_hash, summary
 
-    state = rebuild(iter_envelopes(conn, until_seq=args.until_seq))
+    state = rebuild(iter_envelopes(conn, until_seq=args.until_seq), tokens=_tokens(args))
     digest = state_hash(state)
     info = summary(state)
     if args.json:
@@ -367,11 +379,7 @@ def cmd_rebuild(conn: sqlite3.Connection, args: argparse.Namespace, out: _Out) -
 def cmd_verify(conn: sqlite3.Connection, args: argparse.Namespace, out: _Out) -> int:
     from cvops.events.verify import verify
 
-    tokens = args.tokens
-    if tokens is None:
-        from cvops.config import load_settings
-
-        tokens = load_settings().gpu_tokens
+    tokens = _tokens(args)
     count = 0
 
     def counted() -> Iterator[Envelope]:
