@@ -53,6 +53,22 @@ async def test_group_commit_uses_few_transactions(tmp_path: Path) -> None:
         await log.close()
 
 
+async def test_conflict_and_neighbours_share_one_transaction(tmp_path: Path) -> None:
+    async with await EventLog.open(tmp_path / "e.db") as log:
+        await log.append("x", [ev(0)])
+        before = log.commits
+        results = await asyncio.gather(
+            log.append("a", [ev(1)], expected_version=0),
+            log.append("x", [ev(2)], expected_version=0),  # conflict: x is at 1
+            log.append("b", [ev(3), ev(4)], expected_version=0),
+            return_exceptions=True,
+        )
+        assert log.commits == before + 1  # one group, one transaction
+        assert results[0] == [2] and results[2] == [3, 4]
+        assert isinstance(results[1], ConcurrencyError)
+        assert [e.seq for e in await log.read()] == [1, 2, 3, 4]
+
+
 async def test_append_encoded_and_last_seq(tmp_path: Path) -> None:
     async with await EventLog.open(tmp_path / "e.db") as log:
         assert log.last_seq == 0
