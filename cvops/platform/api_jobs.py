@@ -43,15 +43,19 @@ async def _body(request: web.Request) -> bytes:
 
 
 async def submit_job(request: web.Request) -> web.StreamResponse:
-    from cvops.jobs_api import decode_job_request
+    from cvops.jobs_api import decode_job_request, job_spec
     from cvops.ml.training import is_default
 
     who = principal(request)
     req = decode_job_request(await _body(request))
-    kind = req.kind  # type: ignore[union-attr]
+    spec = job_spec(req)
+    kind = spec["kind"]
     if kind in ("evolve", "benchmark") and who.role != "admin":
         raise Forbidden(f"only admins may run {kind} jobs", {"required": ["admin"]})
-    spec = msgspec.to_builtins(req)
+    if kind == "evolve":
+        raise ValidationFailed(
+            "evolve jobs (the genetic algorithm) are not available in this release", {"field": "kind"}
+        )
     services = request.app[SERVICES]
     if kind == "train" and who.role != "admin" and not is_default(spec.get("hyperparameters") or {}):
         raise Forbidden("engineers may only train with the default hyperparameters", {"required": ["admin"]})
