@@ -516,7 +516,7 @@ class EventLog:
                     p.future.set_exception(r)
                 else:
                     first, n = r
-                    p.future.set_result(list(range(first, first + n)))
+                    p.future.set_result([first] if n == 1 else list(range(first, first + n)))
             changed, self._changed = self._changed, asyncio.Event()
             changed.set()
         # appends that arrived during the commit form the next group, right away
