@@ -50,15 +50,20 @@ def iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def payload_json(env: Envelope) -> str:
-    """The event payload as JSON text (schema-free, so unknown and old types still show)."""
+def payload_obj(env: Envelope) -> Any:
+    """The event payload as plain data without its tag (schema-free, so unknown and old types show)."""
     try:
         obj = msgspec.msgpack.decode(env.data)
     except msgspec.DecodeError:
-        return _JSON.encode({"_undecodable": env.data.hex()}).decode()
+        return {"_undecodable": env.data.hex()}
     if isinstance(obj, dict):
         obj.pop("type", None)
-    return _JSON.encode(obj).decode()
+    return obj
+
+
+def payload_json(env: Envelope) -> str:
+    """:func:`payload_obj` as JSON text."""
+    return _JSON.encode(payload_obj(env)).decode()
 
 
 def envelope_dict(env: Envelope) -> dict[str, Any]:
@@ -72,7 +77,7 @@ def envelope_dict(env: Envelope) -> dict[str, Any]:
         "user": env.user,
         "correlation_id": env.correlation_id,
         "causation_id": env.causation_id,
-        "data": msgspec.json.decode(payload_json(env)),
+        "data": payload_obj(env),
     }
 
 
