@@ -26,6 +26,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -327,6 +328,57 @@ def _state_on_cpu(model: nn.Module) -> dict[str, torch.Tensor]:
 # ------------------------------------------------------------------------------------- classifier
 
 
+def _cpu_copy(obj: Any) -> Any:
+    """A deep copy of a (nested) state with every tensor copied to CPU: a snapshot safe to serialise
+    while training goes on mutating the originals in place."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _cpu_copy(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_cpu_copy(v) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(_cpu_copy(v) for v in obj)
+    return obj
+
+
+class _CheckpointWriter:
+    """Serialises checkpoints and calls the callback, on one helper thread (or inline); at most one in
+    flight, so memory holds at most one snapshot besides the live state."""
+
+    def __init__(self, fn: CheckpointFn, asynchronous: bool) -> None:
+        self.fn = fn
+        self.asynchronous = asynchronous
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="cvops-ckpt") if asynchronous else None
+        self._pending: Future[None] | None = None
+
+    def _write(self, epoch: int, payload: dict[str, Any], metrics: dict[str, float]) -> None:
+        self.fn(epoch, save_bytes(payload), metrics)
+
+    def submit(self, epoch: int, payload: dict[str, Any], metrics: dict[str, float]) -> None:
+        self.wait()
+        if self._pool is None:
+            self._write(epoch, payload, metrics)
+        else:
+            self._pending = self._pool.submit(self._write, epoch, payload, metrics)
+
+    def wait(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def close(self, suppress: bool = False) -> None:
+        try:
+            self.wait()
+        except Exception:
+            if not suppress:
+                raise
+            log.exception("checkpoint callback failed while the run was failing")
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+
+
 class _Run:
     """Mutable bookkeeping of one run (what a checkpoint must carry besides the torch states)."""
 
@@ -352,13 +404,17 @@ def train_classifier(
     should_stop: StopFn | None = None,
     resume_from: bytes | None = None,
     start_epoch: int = 0,
+    async_checkpoint: bool = True,
 ) -> TrainResult:
     """Train ``module`` (in place) on the ``train`` split of a validated ImageFolder dataset.
 
     ``progress`` gets ``{"phase": "epoch", epoch, epochs, loss, val_accuracy, val_loss, lr,
     images_per_s, best_val_accuracy}`` after every epoch, and ``{"phase": "batch", epoch, batch,
     batches, loss, images_per_s}`` at most every 2 s within one.  After each epoch the full state is
-    serialised and passed to ``checkpoint(epoch, data, metrics)``.  ``should_stop()`` is polled before
+    serialised and passed to ``checkpoint(epoch, data, metrics)`` — with ``async_checkpoint`` (default)
+    from a helper thread while the next epoch trains: calls come in epoch order, one at a time, each
+    finished before the next starts and all finished before this function returns or raises (so the
+    epoch-k progress event may precede checkpoint k; a callback error fails the run at the next epoch).  ``should_stop()`` is polled before
     every batch; True raises :class:`TrainingCancelled`.  ``resume_from`` (a checkpoint's bytes)
     restores model, optimiser, schedule, scaler, RNG and early-stopping state and continues with the next
     epoch (``start_epoch``, if given, must equal the checkpoint's epoch); resuming from the final (or an
@@ -453,105 +509,118 @@ def train_classifier(
     first_step_s: float | None = None
     train_images = 0
     train_time = 0.0
-    for epoch in range(done + 1, hp.epochs + 1):
-        if run.stopped_early:
-            break
-        _reseed(_epoch_seed(hp.seed, epoch), generator)
-        model.train()
-        t0 = time.perf_counter()
-        last_report = t0
-        loss_sum = torch.zeros((), device=dev)
-        seen = 0
-        batch = 0
-        for batch, (x, y) in enumerate(train_loader, 1):
-            if should_stop():
-                raise TrainingCancelled(epoch, batch)
-            x = x.to(dev, non_blocking=True)
-            y = y.to(dev, non_blocking=True)
-            optimizer.zero_grad(set_to_none=True)
-            with torch.autocast(device_type=dev.type, dtype=torch.float16, enabled=use_amp):
-                out = model(x)
-                if out.ndim != 2 or out.shape[1] != num_classes:
-                    raise ValidationFailed(
-                        f"the model outputs {tuple(out.shape[1:])} but the dataset has {num_classes} classes",
-                        {"reason": "num_classes mismatch", "classes": num_classes},
+    writer = _CheckpointWriter(checkpoint, async_checkpoint)
+    try:
+        for epoch in range(done + 1, hp.epochs + 1):
+            if run.stopped_early:
+                break
+            _reseed(_epoch_seed(hp.seed, epoch), generator)
+            model.train()
+            t0 = time.perf_counter()
+            last_report = t0
+            loss_sum = torch.zeros((), device=dev)
+            seen = 0
+            batch = 0
+            for batch, (x, y) in enumerate(train_loader, 1):
+                if should_stop():
+                    raise TrainingCancelled(epoch, batch)
+                x = x.to(dev, non_blocking=True)
+                y = y.to(dev, non_blocking=True)
+                optimizer.zero_grad(set_to_none=True)
+                with torch.autocast(device_type=dev.type, dtype=torch.float16, enabled=use_amp):
+                    out = model(x)
+                    if out.ndim != 2 or out.shape[1] != num_classes:
+                        raise ValidationFailed(
+                            f"the model outputs {tuple(out.shape[1:])} but the dataset has {num_classes} classes",
+                            {"reason": "num_classes mismatch", "classes": num_classes},
+                        )
+                    loss = criterion(out, y)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                if first_step_s is None:
+                    first_step_s = time.perf_counter() - t_call
+                n = int(y.shape[0])
+                seen += n
+                loss_sum += loss.detach().float() * n
+                now = time.perf_counter()
+                if now - last_report >= BATCH_PROGRESS_INTERVAL_S:
+                    last_report = now
+                    progress(
+                        {
+                            "phase": "batch",
+                            "epoch": epoch,
+                            "batch": batch,
+                            "batches": steps_per_epoch,
+                            "loss": float(loss.item()),
+                            "images_per_s": round(seen / max(now - t0, 1e-9), 2),
+                        }
                     )
-                loss = criterion(out, y)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            if first_step_s is None:
-                first_step_s = time.perf_counter() - t_call
-            n = int(y.shape[0])
-            seen += n
-            loss_sum += loss.detach().float() * n
-            now = time.perf_counter()
-            if now - last_report >= BATCH_PROGRESS_INTERVAL_S:
-                last_report = now
-                progress(
-                    {
-                        "phase": "batch",
-                        "epoch": epoch,
-                        "batch": batch,
-                        "batches": steps_per_epoch,
-                        "loss": float(loss.item()),
-                        "images_per_s": round(seen / max(now - t0, 1e-9), 2),
-                    }
-                )
-        epoch_loss = float(loss_sum.item()) / max(seen, 1)  # .item() syncs: the timing below is honest
-        epoch_time = time.perf_counter() - t0
-        train_images += seen
-        train_time += epoch_time
-        val_acc, val_loss = _evaluate(model, val_loader, criterion, dev, use_amp, should_stop, epoch, batch)
-        improved = val_acc is not None and (run.best_acc is None or val_acc > run.best_acc)
-        if val_acc is None or improved:
-            run.best_acc = val_acc if val_acc is not None else run.best_acc
-            run.best_epoch = epoch
-            run.best_state = _state_on_cpu(model) if val_acc is not None else None
-            run.stale = 0
-        else:
-            run.stale += 1
-        if hp.patience and run.stale >= hp.patience:
-            run.stopped_early = True
-        record = {
-            "phase": "epoch",
-            "epoch": epoch,
-            "epochs": hp.epochs,
-            "loss": round(epoch_loss, 6),
-            "val_accuracy": None if val_acc is None else round(val_acc, 6),
-            "val_loss": None if val_loss is None else round(val_loss, 6),
-            "lr": float(optimizer.param_groups[0]["lr"]),
-            "images_per_s": round(seen / max(epoch_time, 1e-9), 2),
-            "best_val_accuracy": run.best_acc,
-            "best_epoch": run.best_epoch,
-        }
-        run.history.append(record)
-        model_state = run.best_state if run.best_epoch == epoch and run.best_state else _state_on_cpu(model)
-        data = save_bytes(
-            {
+            epoch_loss = float(loss_sum.item()) / max(seen, 1)  # .item() syncs: the timing below is honest
+            epoch_time = time.perf_counter() - t0
+            train_images += seen
+            train_time += epoch_time
+            val_acc, val_loss = _evaluate(
+                model, val_loader, criterion, dev, use_amp, should_stop, epoch, batch
+            )
+            improved = val_acc is not None and (run.best_acc is None or val_acc > run.best_acc)
+            if val_acc is None or improved:
+                run.best_acc = val_acc if val_acc is not None else run.best_acc
+                run.best_epoch = epoch
+                run.best_state = _state_on_cpu(model) if val_acc is not None else None
+                run.stale = 0
+            else:
+                run.stale += 1
+            if hp.patience and run.stale >= hp.patience:
+                run.stopped_early = True
+            record = {
+                "phase": "epoch",
+                "epoch": epoch,
+                "epochs": hp.epochs,
+                "loss": round(epoch_loss, 6),
+                "val_accuracy": None if val_acc is None else round(val_acc, 6),
+                "val_loss": None if val_loss is None else round(val_loss, 6),
+                "lr": float(optimizer.param_groups[0]["lr"]),
+                "images_per_s": round(seen / max(epoch_time, 1e-9), 2),
+                "best_val_accuracy": run.best_acc,
+                "best_epoch": run.best_epoch,
+            }
+            run.history.append(record)
+            live = writer.asynchronous is False  # serialised right now: live tensors need no copy
+            if run.best_epoch == epoch and run.best_state is not None:
+                model_state = run.best_state  # already a private copy
+            else:
+                model_state = _state_on_cpu(model) if not live else model.state_dict()
+            payload = {
                 "format": CHECKPOINT_FORMAT,
                 "epoch": epoch,
                 "model": model_state,
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict() if use_amp else {},
+                "optimizer": optimizer.state_dict() if live else _cpu_copy(optimizer.state_dict()),
+                "scheduler": _cpu_copy(scheduler.state_dict()),
+                "scaler": dict(scaler.state_dict()) if use_amp else {},
                 "rng": _rng_state(generator),
                 "best_val_accuracy": run.best_acc,
                 "best_epoch": run.best_epoch,
                 "best_state": None if run.best_epoch == epoch else run.best_state,  # None: same as model
                 "stale_epochs": run.stale,
                 "stopped_early": run.stopped_early,
-                "history": run.history,
+                "history": [dict(h) for h in run.history],
                 "hyperparameters": hyperparameters_dict(hp),
                 "classes": list(info.classes),
             }
-        )
-        metrics = {k: float(v) for k, v in record.items() if isinstance(v, int | float) and k != "epochs"}
-        checkpoint(epoch, data, metrics)
-        progress(dict(record))
-        if run.stopped_early:
-            log.info("early stop after epoch %d (best %s at epoch %d)", epoch, run.best_acc, run.best_epoch)
+            metrics = {k: float(v) for k, v in record.items() if isinstance(v, int | float) and k != "epochs"}
+            writer.submit(epoch, payload, metrics)
+            progress(dict(record))
+            if run.stopped_early:
+                log.info(
+                    "early stop after epoch %d (best %s at epoch %d)", epoch, run.best_acc, run.best_epoch
+                )
+
+    except BaseException:
+        writer.close(suppress=True)  # the checkpoint in flight still lands; the original error wins
+        raise
+    writer.close()
 
     best = run.best_state if run.best_state is not None else _state_on_cpu(model)
     return TrainResult(

@@ -301,6 +301,54 @@ def test_resume_gives_identical_weights(small_shapes: tuple[Path, DatasetInfo]) 
     assert again.state_dict == full.state_dict
 
 
+def test_async_and_inline_checkpoints_match(small_shapes: tuple[Path, DatasetInfo]) -> None:
+    import threading
+
+    root, info = small_shapes
+    hp = {"epochs": 2, "batch_size": 8, "num_workers": 0, "lr": 1e-2}
+    runs: dict[bool, list[tuple[int, bytes, str]]] = {True: [], False: []}
+    for mode in (True, False):
+        got = runs[mode]
+        torch.manual_seed(3)
+        train_classifier(
+            SmallCNN(width=4),
+            root,
+            info,
+            hp,
+            preprocessing=PP32,
+            async_checkpoint=mode,
+            checkpoint=lambda e, b, m, got=got: got.append((e, b, threading.current_thread().name)),  # type: ignore[misc]
+        )
+    assert [e for e, _, _ in runs[True]] == [e for e, _, _ in runs[False]] == [1, 2]
+    assert all(n.startswith("cvops-ckpt") for _, _, n in runs[True])
+    assert all(n == threading.current_thread().name for _, _, n in runs[False])
+    for (_, a, _), (_, b, _) in zip(runs[True], runs[False], strict=True):
+        ca, cb = load_checkpoint(a), load_checkpoint(b)
+        assert all(torch.equal(ca["model"][k], cb["model"][k]) for k in ca["model"])
+        assert ca["optimizer"]["state"].keys() == cb["optimizer"]["state"].keys()
+        assert ca["scheduler"] == cb["scheduler"]
+        assert [h["loss"] for h in ca["history"]] == [h["loss"] for h in cb["history"]]
+
+
+def test_checkpoint_callback_errors_fail_the_run(small_shapes: tuple[Path, DatasetInfo]) -> None:
+    root, info = small_shapes
+
+    def broken(epoch: int, data: bytes, metrics: dict[str, float]) -> None:
+        raise OSError("disk full")
+
+    for mode in (True, False):
+        with pytest.raises(OSError, match="disk full"):
+            train_classifier(
+                SmallCNN(width=4),
+                root,
+                info,
+                {"epochs": 2, "batch_size": 16, "num_workers": 0},
+                preprocessing=PP32,
+                checkpoint=broken,
+                async_checkpoint=mode,
+            )
+
+
 def test_early_stopping_with_patience(small_shapes: tuple[Path, DatasetInfo]) -> None:
     root, info = small_shapes
     hp = {"epochs": 20, "patience": 2, "batch_size": 16, "num_workers": 0}
