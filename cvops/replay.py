@@ -286,7 +286,7 @@ def cmd_tail(conn: sqlite3.Connection, args: argparse.Namespace, out: _Out) -> i
     if args.lines:
         from cvops.events.log import build_query, rows_to_envelopes
 
-        sql, params = build_query(limit=None, **filt)
+        sql, params = build_query(limit=None, until_seq=head, **filt)
         sql = sql.replace("ORDER BY seq", "ORDER BY seq DESC LIMIT ?")
         last = rows_to_envelopes(conn.execute(sql, [*params, args.lines]).fetchall())[::-1]
     _emit(last, args.json, out)

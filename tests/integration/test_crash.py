@@ -74,7 +74,7 @@ async def test_kill_9_keeps_acknowledged_events(db: Path, round_: int) -> None:
         assert res.returncode == 0, res.stderr
         assert res.stdout.startswith("ok: ")
     else:
-        assert time.monotonic() - started < 4.0  # keep each round short (2 s target, slack for a busy CI)
+        assert time.monotonic() - started < 20.0  # a round takes < 2 s on an idle machine; this catches hangs
 
 
 async def _read_all(log: EventLog) -> list:

@@ -146,12 +146,12 @@ async def test_tail_follow_sees_live_appends(data_dir: Path) -> None:
         "tail",
         "-f",
         "-n",
-        "0",
+        "1",
         "--json",
         "--interval",
         "0.05",
         "--max-seconds",
-        "6",
+        "30",
         "--stream",
         "job-",
         "--data-dir",
@@ -161,14 +161,16 @@ async def test_tail_follow_sees_live_appends(data_dir: Path) -> None:
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     assert proc.stdout is not None
-    await asyncio.sleep(1.5)  # let it start (imports) before appending
+    # the last matching event is printed first: the tail is up and following from the head
+    first = await asyncio.wait_for(proc.stdout.readline(), 30)
+    assert json.loads(first)["seq"] == 13
     async with await EventLog.open(data_dir / "events.db") as log:  # a live writer holds the lock
         await log.append("model-m2", [s.ModelDeleted(model_id="m2")])  # filtered out
         for i in range(3):
             await log.append("job-j2", [s.JobQueued(job_id="j2", position=i)])
     seen: list[int] = []
     while len(seen) < 3:
-        line = await asyncio.wait_for(proc.stdout.readline(), 10)
+        line = await asyncio.wait_for(proc.stdout.readline(), 30)
         assert line, "tail -f ended before showing the live events"
         seen.append(json.loads(line)["seq"])
     proc.kill()
