@@ -7,6 +7,7 @@ import asyncio
 from dataclasses import dataclass, field
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from cvops.blobs import BlobRef, BlobStore
 from cvops.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
@@ -69,7 +70,7 @@ async def read_multipart(
                     up.fields[name] = data.decode("utf-8")
                 except UnicodeDecodeError as exc:
                     raise BadRequest(f"form field {name!r} is not UTF-8") from exc
-    except (ValueError, AssertionError) as exc:
+    except (ValueError, AssertionError, HttpProcessingError) as exc:  # e.g. control chars in a part header
         raise BadRequest(f"malformed multipart body: {exc}") from exc
     if up.blob is None:
         raise BadRequest(f"multipart body has no {file_field!r} part")
