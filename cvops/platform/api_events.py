@@ -20,7 +20,8 @@ from cvops.platform.routes import STAFF, Route
 
 log = logging.getLogger(__name__)
 
-SEND_BUFFER = 1000  # events buffered per websocket client before it counts as a slow consumer
+SEND_BUFFER = 1000  # events buffered per websocket client (memory stays bounded)
+SLOW_AFTER_S = 10.0  # a client whose buffer stays full this long is closed as a slow consumer
 HEARTBEAT_S = 15.0
 MAX_SEQ = 2**62
 
@@ -64,7 +65,7 @@ async def list_events(request: web.Request) -> web.StreamResponse:
     after = query_int(request, "after", 0, 0, MAX_SEQ)
     limit = query_int(request, "limit", 100, 1, 1000)
     envs = await store.read(after=after, limit=limit, **_filters(request))
-    head = await store.wait_for(MAX_SEQ, 0) if not envs else envs[-1].seq
+    head = await store.wait_for(MAX_SEQ, 0)  # the log head: returns at once
     events = [event_out(e) for e in envs]
     return json_response(EventPage(events=events, last_seq=head, next_after=envs[-1].seq if envs else after))
 
@@ -73,8 +74,9 @@ async def events_ws(request: web.Request) -> web.StreamResponse:
     """``WS /events/ws?after=N``: history after N then live, as JSON text messages.
 
     Auth: ``Authorization: Bearer`` or ``?token=`` (browsers cannot set headers on websockets);
-    checked by the auth middleware before the upgrade.  A client that falls more than SEND_BUFFER
-    events behind is closed with 1008 "slow consumer"; server shutdown closes with 1001.
+    checked by the auth middleware before the upgrade.  At most SEND_BUFFER events wait per client; a
+    client that keeps that buffer full for SLOW_AFTER_S (it stopped reading) is closed with 1008
+    "slow consumer"; server shutdown closes with 1001.
     """
     store = request.app[SERVICES].need("store")
     after = query_int(request, "after", 0, 0, MAX_SEQ)
@@ -91,9 +93,9 @@ async def events_ws(request: web.Request) -> web.StreamResponse:
     async def produce() -> None:
         async for env in subscribe(store, after, **filters):
             try:
-                queue.put_nowait(env)
-            except asyncio.QueueFull:
-                slow.set()
+                await asyncio.wait_for(queue.put(env), SLOW_AFTER_S)
+            except TimeoutError:
+                slow.set()  # the client read nothing for SLOW_AFTER_S with a full buffer
                 return
 
     async def consume() -> None:
@@ -113,23 +115,30 @@ async def events_ws(request: web.Request) -> web.StreamResponse:
     slow_wait = asyncio.create_task(slow.wait())
     try:
         done, _ = await asyncio.wait([*tasks, slow_wait], return_when=asyncio.FIRST_COMPLETED)
-        if slow.is_set():
-            await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"slow consumer")
         for t in done:
             if t is not slow_wait and not t.cancelled() and t.exception() is not None:
                 exc = t.exception()
-                if isinstance(exc, (ConnectionResetError, CvopsError)):
+                if isinstance(exc, ConnectionResetError | CvopsError):
                     log.info("websocket ended: %s", exc)
                 elif exc is not None:
                     log.warning("websocket task failed: %r", exc)
     finally:
-        for t in [*tasks, slow_wait]:
+        # stop sending first (a frame is either wholly in the transport buffer or not sent), then close;
+        # the reading task stays until the close handshake is done, since close() relies on it
+        senders = [tasks[0], tasks[1], slow_wait]
+        for t in senders:
             t.cancel()
-        for t in [*tasks, slow_wait]:
+        for t in senders:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
         if not ws.closed:
-            await ws.close()
+            if slow.is_set():
+                await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"slow consumer")
+            else:
+                await ws.close()
+        tasks[2].cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await tasks[2]
         sockets.discard(ws)
         metrics.websockets.dec()
     return ws

@@ -7,7 +7,7 @@ from aiohttp import web
 from cvops.errors import BadRequest, Unauthorized
 from cvops.platform.auth import Principal
 
-PRINCIPAL = "cvops.principal"
+PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("cvops.principal", Principal)
 
 
 def principal(request: web.Request) -> Principal:
