@@ -60,7 +60,7 @@ class Principal(msgspec.Struct, frozen=True):
 
 
 def check_username(name: str) -> None:
-    if not USERNAME.match(name):
+    if not USERNAME.fullmatch(name):  # not match: "$" would let a trailing "\n" through
         raise ValidationFailed(
             "username must be 2-32 characters of a-z, 0-9, '_', '.', '-' and start with a letter or digit",
             {"field": "username"},
