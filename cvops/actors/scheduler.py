@@ -75,12 +75,18 @@ class _SchedulerActor:
         return core.scheduler_view(self.state)
 
     async def _follow(self) -> None:
-        """Keep job progress (written by workers to job-<id>) folded in."""
+        """Keep job progress (written by workers to job-<id>) folded in.
+
+        ``state.seq`` only moves over scheduler events (``_sync`` reads those types), so waiting on it
+        alone would return at once forever after any other event (a user, a model): a busy loop.  Wait
+        on the highest head seen instead; every seq up to it has been scanned by the ``_sync`` after."""
+        seen = 0
         while True:
             try:
-                await self.store.wait_for(self.state.seq, 5.0)
+                head = await self.store.wait_for(max(seen, self.state.seq), 5.0)
                 async with self.lock:
                     await self._sync()
+                seen = max(seen, head)
             except asyncio.CancelledError:
                 raise
             except CvopsError as exc:
