@@ -120,12 +120,12 @@ class EventStore:
         self._h = handle
 
     @classmethod
-    def start(cls, db_path: str) -> EventStore:
+    def start(cls, db_path: str, name: str = ACTOR_NAME) -> EventStore:
         """Start (or reconnect to) the named actor, pinned to the node that calls this (the head)."""
         node = ray.get_runtime_context().get_node_id()
         strategy = ray.util.scheduling_strategies.NodeAffinitySchedulingStrategy(node_id=node, soft=False)
         handle = _EventLogActor.options(  # type: ignore[attr-defined]
-            name=ACTOR_NAME,
+            name=name,
             namespace=NAMESPACE,
             get_if_exists=True,
             max_concurrency=10_000,
@@ -169,7 +169,9 @@ class EventStore:
         until_seq: int | None = None,
     ) -> list[Envelope]:
         data = await call(
-            self._h.read.remote(after, limit, stream, prefix, list(types) if types else None, until_seq)
+            self._h.read.remote(
+                after, limit, stream, prefix, list(types) if types is not None else None, until_seq
+            )
         )
         return decode_envelopes(data)
 
@@ -181,6 +183,16 @@ class EventStore:
 
     async def close(self) -> None:
         await call(self._h.close.remote())
+
+    def subscribe(
+        self,
+        after: int = 0,
+        *,
+        stream: str | None = None,
+        prefix: str | None = None,
+        types: Sequence[str] | None = None,
+    ) -> AsyncIterator[Envelope]:
+        return subscribe(self, after, stream=stream, prefix=prefix, types=types)
 
 
 async def subscribe(

@@ -1,0 +1,44 @@
+"""The EventStore contract, run against the EventLog Ray actor through its public facade."""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import ray
+
+from cvops.actors.eventlog import EventStore
+from cvops.errors import CvopsError
+from tests.contracts import EventStoreContract
+
+
+def _start(path: Path, opened: list[EventStore]) -> EventStore:
+    st = EventStore.start(str(path), name=f"test-eventlog-{uuid.uuid4().hex[:8]}")
+    st.test_path = path  # type: ignore[attr-defined]
+    st.test_opened = opened  # type: ignore[attr-defined]
+    opened.append(st)
+    return st
+
+
+class TestEventLogActor(EventStoreContract):
+    @pytest.fixture
+    async def store(self, tmp_path: Path, ray_session: Any) -> AsyncIterator[EventStore]:
+        opened: list[EventStore] = []
+        st = _start(tmp_path / "events.db", opened)
+        await st.ping()
+        yield st
+        for s in opened:
+            with contextlib.suppress(CvopsError):
+                await s.close()
+            ray.kill(s.handle, no_restart=True)
+
+    async def reopen(self, store: Any) -> Any:
+        await store.close()
+        ray.kill(store.handle, no_restart=True)
+        st = _start(store.test_path, store.test_opened)
+        await st.ping()
+        return st
