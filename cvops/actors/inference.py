@@ -174,16 +174,41 @@ class InferencePool:
             raise ValidationFailed(
                 f"engine {rec.engine} could not load the model: {str(inner)[:300]}"
             ) from exc
+        holder: list[_Deployment] = []
+
+        def on_died(index: int) -> None:
+            # Ray restarts the actor (max_restarts=-1); route to it again once it answers
+            if holder:
+                asyncio.get_running_loop().create_task(self._revive(holder[0], index))
+
         router: BatchingRouter[Any, Any] = BatchingRouter(
             [_WorkerHandle(w) for w in workers],
             queue_limit=self.settings.queue_limit,
             max_batch=rec.max_batch,
             max_wait_ms=rec.max_wait_ms,
             timeout_s=self.settings.inference_timeout_s,
+            on_worker_died=on_died,
         )
         dep = _Deployment(rec, workers, router)
+        holder.append(dep)
         self.live[rec.id] = dep
         return dep
+
+    async def _revive(self, dep: _Deployment, index: int, timeout_s: float = 300.0) -> None:
+        """Wait for Ray to restart worker ``index`` (it reloads its engine), then route to it again."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout_s
+        handle = dep.workers[index]
+        while loop.time() < end and self.live.get(dep.record.id) is dep:
+            try:
+                await asyncio.wait_for(call(handle.ping.remote()), 30)
+            except (CvopsError, RayActorError, TimeoutError) as exc:
+                log.debug("worker %s/%d not back yet: %s", dep.record.id, index, exc)
+                await asyncio.sleep(1.0)
+                continue
+            dep.router.replace_worker(index, _WorkerHandle(handle))
+            log.info("inference worker %s/%d is back", dep.record.id, index)
+            return
 
     async def create(
         self, model_id: str, engine: str, workers: int | None, max_batch: int, max_wait_ms: float, user: str

@@ -31,7 +31,12 @@ async def ready(request: web.Request) -> web.StreamResponse:
 
 async def metrics(request: web.Request) -> web.StreamResponse:
     m = request.app[METRICS]
-    m.ready.set(1 if request.app[SERVICES].ready else 0)
+    services = request.app[SERVICES]
+    m.ready.set(1 if services.ready else 0)
+    pool = services.pool
+    if pool is not None:
+        for dep_id, dep in list(pool.live.items()):
+            m.observe_router(dep_id, dep.router.stats())
     return web.Response(
         body=m.render(), content_type="text/plain", charset="utf-8", headers={"X-Content-Version": "0.0.4"}
     )

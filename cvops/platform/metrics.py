@@ -46,5 +46,34 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.router = Gauge(
+            "cvops_inference_router",
+            "router totals per deployment (requests, completed, rejected, timed_out, errors, retries, queued, inflight)",
+            ["deployment", "stat"],
+            registry=self.registry,
+        )
+        self.batches = Gauge(
+            "cvops_inference_batches",
+            "batches sent to workers, by batch size",
+            ["deployment", "size"],
+            registry=self.registry,
+        )
+
+    def observe_router(self, deployment: str, stats: object) -> None:
+        """Copy a router's stats (cvops.serving.RouterStats) into the gauges at scrape time."""
+        for name in (
+            "requests",
+            "completed",
+            "rejected",
+            "timed_out",
+            "errors",
+            "retries",
+            "queued",
+            "inflight",
+        ):
+            self.router.labels(deployment, name).set(float(getattr(stats, name, 0)))
+        for size, count in (getattr(stats, "batch_sizes", None) or {}).items():
+            self.batches.labels(deployment, str(size)).set(float(count))
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
