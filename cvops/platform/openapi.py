@@ -8,10 +8,56 @@ from typing import Any
 import msgspec
 
 from cvops import __version__
+from cvops.jobs_api import JobRequest
+from cvops.ml.engines import ENGINE_NAMES
+from cvops.platform.api_events import MAX_SEQ
+from cvops.platform.api_jobs import REPORT_TYPES
+from cvops.platform.auth import ROLES, USERNAME
 from cvops.platform.bodies import ErrorBody
 from cvops.platform.routes import Route, all_routes
 
 _PARAM = re.compile(r"\{(\w+)\}")
+# What the handlers enforce, stated in the spec (a value outside is a 4xx; the spec never is stricter
+# than the server, so every schema-valid request gets past validation).
+_ID = {"type": "string", "minLength": 1, "maxLength": 128, "pattern": "^[A-Za-z0-9][A-Za-z0-9_.:-]*$"}
+_PATH_PARAMS: dict[str, dict[str, Any]] = {
+    "id": _ID,
+    "name": {"type": "string", "pattern": USERNAME.pattern},
+}
+_QUERY_PARAMS: dict[str, dict[str, Any]] = {
+    "after": {"type": "integer", "minimum": 0, "maximum": MAX_SEQ, "default": 0},
+    "limit": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
+    "top_k": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 5},
+    "wait": {"type": "boolean", "default": False},
+    "view": {"type": "string", "enum": ["simple", "technical"], "default": "simple"},
+    "format": {"type": "string", "enum": list(REPORT_TYPES), "default": "json"},
+}
+_PASSWORD = {"minLength": 8, "maxLength": 256}
+_FIELD_RULES: dict[str, dict[str, dict[str, Any]]] = {
+    "UserCreate": {
+        "username": {"pattern": USERNAME.pattern},
+        "password": _PASSWORD,
+        "role": {"enum": list(ROLES)},
+    },
+    "UserPatch": {"password": _PASSWORD, "role": {"enum": list(ROLES)}},
+    "DeploymentRequest": {
+        "engine": {"enum": ["auto", *ENGINE_NAMES]},
+        "workers": {"minimum": 1, "maximum": 64},
+        "max_batch": {"minimum": 1, "maximum": 256},
+        "max_wait_ms": {"minimum": 0, "maximum": 1000},
+    },
+    "PresetRequest": {
+        "name": {"minLength": 1, "maxLength": 128},
+        "num_classes": {"minimum": 1, "maximum": 100_000},
+        "image_size": {"minimum": 8, "maximum": 4096},
+    },
+}
+# routes whose handler decodes the body itself (the route table says ``dict``): their real type
+_TYPED_BODIES: dict[tuple[str, str], Any] = {("POST", "/api/v1/jobs"): JobRequest}
+_HEADERS: dict[int, dict[str, Any]] = {
+    401: {"WWW-Authenticate": {"required": True, "schema": {"type": "string"}}},
+    429: {"Retry-After": {"required": True, "schema": {"type": "integer", "minimum": 1}}},
+}
 _STATUS_TEXT = {
     400: "Malformed request",
     401: "Missing, invalid or expired token",
@@ -31,11 +77,18 @@ def _is_struct_type(obj: Any) -> bool:
     return isinstance(obj, type) and issubclass(obj, msgspec.Struct) or hasattr(obj, "__args__")
 
 
+def _constrain(prop: dict[str, Any], rule: dict[str, Any]) -> None:
+    """Add ``rule`` to a property schema, or to its non-null branch for ``X | None``."""
+    for branch in prop.get("anyOf", [prop]):
+        if branch.get("type") != "null":
+            branch.update(rule)
+
+
 def build_openapi(routes: list[Route] | None = None) -> dict[str, Any]:
     routes = all_routes() if routes is None else routes
     types: list[Any] = [ErrorBody]
     for r in routes:
-        for t in (r.body, r.response):
+        for t in (_TYPED_BODIES.get((r.method, r.full_path), r.body), r.response):
             if t is not None and not isinstance(t, str) and t is not dict and _is_struct_type(t):
                 types.append(t)
     uniq: list[Any] = []
@@ -44,6 +97,10 @@ def build_openapi(routes: list[Route] | None = None) -> dict[str, Any]:
             uniq.append(t)
     refs, components = msgspec.json.schema_components(uniq, ref_template="#/components/schemas/{name}")
     ref_of = dict(zip(uniq, refs, strict=True))
+    for struct, rules in _FIELD_RULES.items():
+        for name, rule in rules.items():
+            if struct in components:
+                _constrain(components[struct]["properties"][name], rule)
 
     def content(t: Any) -> dict[str, Any]:
         if t == "text":
@@ -70,7 +127,7 @@ def build_openapi(routes: list[Route] | None = None) -> dict[str, Any]:
                         "arch": {"type": "string"},
                     }
                 )
-                req = ["file", "name", "task"]
+                req = ["file", "task"]  # name defaults to the file's name
             else:
                 props.update(
                     {
@@ -78,7 +135,7 @@ def build_openapi(routes: list[Route] | None = None) -> dict[str, Any]:
                         "format": {"type": "string", "enum": ["imagefolder", "yolo"]},
                     }
                 )
-                req = ["file", "task"]
+                # task defaults to classification, format to the task's usual one
             return {
                 "multipart/form-data": {"schema": {"type": "object", "properties": props, "required": req}}
             }
@@ -99,7 +156,7 @@ def build_openapi(routes: list[Route] | None = None) -> dict[str, Any]:
                 "name": n,
                 "in": "path",
                 "required": True,
-                "schema": {"type": "string", "pattern": "^[A-Za-z0-9_.-]+$"},
+                "schema": _PATH_PARAMS.get(n, _ID),
             }
             for n in _PARAM.findall(r.path)
         ]
@@ -108,14 +165,17 @@ def build_openapi(routes: list[Route] | None = None) -> dict[str, Any]:
                 "name": n,
                 "in": "query",
                 "required": False,
-                "schema": {"type": kind, **({"minimum": 0, "maximum": 2**62} if kind == "integer" else {})},
+                "schema": _QUERY_PARAMS.get(
+                    n, {"type": kind, **({"minimum": 0, "maximum": MAX_SEQ} if kind == "integer" else {})}
+                ),
             }
             for n, kind in r.query.items()
         ]
         if params:
             op["parameters"] = params
         if r.body is not None:
-            op["requestBody"] = {"required": True, "content": content(r.body)}
+            body = _TYPED_BODIES.get((r.method, r.full_path), r.body)
+            op["requestBody"] = {"required": True, "content": content(body)}
         responses: dict[str, Any] = {}
         ok = str(r.status)
         if r.status == 204:
@@ -124,6 +184,13 @@ def build_openapi(routes: list[Route] | None = None) -> dict[str, Any]:
             responses[ok] = {"description": "Switching to WebSocket"}
         else:
             responses[ok] = {"description": "OK", "content": content(r.response)}
+        if "wait" in r.query:  # ?wait=true: 200 once done, 202 while still pending
+            responses["200"] = responses[ok]
+        if "format" in r.query and r.response is dict:  # a report in the asked format
+            responses[ok]["content"] = {
+                ctype.split(";")[0]: {"schema": {"type": "object" if fmt == "json" else "string"}}
+                for fmt, ctype in REPORT_TYPES.items()
+            }
         codes = [400, 404, 409, 413, 415, 422, 429, 503, 504]
         if not r.public:
             codes = [400, 401, 403, *codes[1:]]
@@ -131,11 +198,12 @@ def build_openapi(routes: list[Route] | None = None) -> dict[str, Any]:
             codes = [400, 401, 413, 415, 422, 429, 503]
         for c in codes:
             responses[str(c)] = {"description": _STATUS_TEXT[c], "content": err}
-        if r.status == 101:
-            responses["200"] = {"description": "Not a websocket upgrade", "content": err}
+            if c in _HEADERS:
+                responses[str(c)]["headers"] = _HEADERS[c]
         op["responses"] = responses
+        op["security"] = [] if r.public else [{"bearer": []}]
         if not r.public:
-            op["security"] = [{"bearer": []}]
+            op["x-roles"] = sorted(r.roles)
         paths.setdefault(r.full_path, {})[r.method.lower()] = op
     return {
         "openapi": "3.1.0",
