@@ -62,7 +62,12 @@ def run_train_job(ctx: JobContext) -> dict[str, Any]:
 
     from cvops.actors.registry import Registry, build_torch_source
     from cvops.ml.datasets import validate_dataset
-    from cvops.ml.training import TrainingCancelled, train_classifier, validate_hyperparameters
+    from cvops.ml.training import (
+        TrainingCancelled,
+        train_classifier,
+        train_detector,
+        validate_hyperparameters,
+    )
 
     t0 = time.monotonic()
     spec = ctx.spec
@@ -70,8 +75,10 @@ def run_train_job(ctx: JobContext) -> dict[str, Any]:
     registry = Registry.connect()
     rec = ray.get(registry._h.get.remote(spec["model_id"]))
     ds = ray.get(registry._h.get_dataset.remote(spec["dataset_id"]))
-    if rec["task"] != "classification" or ds["task"] != "classification":
-        raise ValidationFailed("training supports classification models and datasets", {"task": rec["task"]})
+    if rec["task"] != ds["task"]:
+        raise ValidationFailed(
+            f"a {rec['task']} model cannot train on a {ds['task']} dataset", {"field": "dataset_id"}
+        )
     module = build_torch_source(rec, ctx.blobs)
     if module is None:
         raise ValidationFailed(
@@ -93,8 +100,9 @@ def run_train_job(ctx: JobContext) -> dict[str, Any]:
     def progress(p: dict[str, Any]) -> None:
         ctx.progress(p, force=p.get("phase") == "epoch")
 
+    train = train_detector if rec["task"] == "detection" else train_classifier
     try:
-        result = train_classifier(
+        result = train(
             module,
             root,
             info,
@@ -113,7 +121,7 @@ def run_train_job(ctx: JobContext) -> dict[str, Any]:
     arch = (rec.get("onnx") or {}).get("torch_arch") or rec.get("preset") or rec.get("arch")
     fields = {
         "name": f"{rec['name']}-ft-{ctx.job_id[:8]}",
-        "task": "classification",
+        "task": rec["task"],
         "source_format": "state_dict",
         "source_sha256": weights.sha256,
         "source_bytes": weights.bytes,
