@@ -18,7 +18,7 @@ from cvops.actors.common import NAMESPACE, call, unwrap
 from cvops.actors.eventlog import EventStore
 from cvops.blobs import BlobStore
 from cvops.config import Settings
-from cvops.errors import CvopsError, NotFound, ValidationFailed
+from cvops.errors import ConcurrencyError, Conflict, CvopsError, NotFound, ValidationFailed
 from cvops.events import projections as proj
 from cvops.events.schema import (
     DatasetRejected,
@@ -289,12 +289,13 @@ class _RegistryActor:
                     reason, details = f"conversion failed: {type(inner).__name__}: {str(inner)[:500]}", {}
                 if isinstance(inner, ray.exceptions.WorkerCrashedError | ray.exceptions.OutOfMemoryError):
                     reason = "conversion crashed (out of memory or a hostile model)"
+                # before the rejection is visible: a caller that sees "failed" finds no file left
+                self._forget_source(model_id)
                 await self._append(
                     model_stream(model_id),
                     [ModelRejected(model_id=model_id, reason=reason, details=details)],
                     self._model(model_id).version,
                 )
-                self._forget_source(model_id)
                 return
             event = ModelConverted(
                 model_id=model_id,
@@ -325,7 +326,7 @@ class _RegistryActor:
         users = [
             x
             for x in self.models.models.values()
-            if x.source_sha256 == m.source_sha256 and x.status != "failed"
+            if x.source_sha256 == m.source_sha256 and x.id != model_id and x.status != "failed"
         ]
         if not users:
             self.blobs.delete(m.source_sha256)
@@ -352,8 +353,18 @@ class _RegistryActor:
             await asyncio.sleep(0.1)
 
     async def delete(self, model_id: str, user: str) -> None:
-        m = self._model(model_id)
-        await self._append(model_stream(model_id), [ModelDeleted(model_id=model_id)], m.version, user)
+        # a conversion may append to the stream meanwhile: read the current version, retry on a race
+        for _ in range(5):
+            await self._sync()
+            m = self._model(model_id)
+            try:
+                await self._append(model_stream(model_id), [ModelDeleted(model_id=model_id)], m.version, user)
+                return
+            except ConcurrencyError:
+                continue
+        raise Conflict(
+            f"model {model_id} changed while it was being deleted; try again", {"model_id": model_id}
+        )
 
     async def state_hash(self) -> str:
         await self._sync()
@@ -397,12 +408,12 @@ class _RegistryActor:
                     else f"{type(inner).__name__}: {str(inner)[:500]}"
                 )
                 details = inner.details if isinstance(inner, CvopsError) else {}
+                self.blobs.delete(d.sha256)  # before the rejection is visible (see _convert)
                 await self._append(
                     dataset_stream(dataset_id),
                     [DatasetRejected(dataset_id=dataset_id, reason=reason, details=details)],
                     version,
                 )
-                self.blobs.delete(d.sha256)
                 return
             allowed = set(DatasetValidated.__struct_fields__)
             event = msgspec.convert(
