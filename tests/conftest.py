@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import socket
+from pathlib import Path
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,6 +14,8 @@ import pytest
 os.environ.setdefault("YOLO_OFFLINE", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+# subprocesses (cvops serve, Ray workers) write coverage data next to the repo, whatever their cwd
+os.environ.setdefault("CVOPS_COVERAGE_DIR", str(Path(__file__).resolve().parent.parent))
 
 RUN_SLOW = os.environ.get("CI") == "true" or os.environ.get("CVOPS_SLOW") == "1"
 
