@@ -74,6 +74,7 @@ class Fuzz:
     sent: Counter[tuple[str, str]] = field(default_factory=Counter)
     statuses: Counter[int] = field(default_factory=Counter)
     skipped: Counter[str] = field(default_factory=Counter)
+    guarded: Counter[int] = field(default_factory=Counter)  # statuses of the GUARDED operations
 
     @property
     def url(self) -> str:
@@ -142,11 +143,11 @@ def fuzz(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fuzz]:
         yield fz
         if fz.sent:
             log.info(
-                "schemathesis: %d requests, statuses %s, skipped %s, per operation %s",
+                "schemathesis: %d requests, statuses %s, guarded routes %s, skipped %s",
                 sum(fz.sent.values()),
                 dict(sorted(fz.statuses.items())),
+                dict(sorted(fz.guarded.items())),
                 dict(fz.skipped),
-                dict(fz.sent),
             )
     finally:
         server.stop()
@@ -211,6 +212,8 @@ def _run(case: Case, fuzz: Fuzz) -> None:
     fuzz.sent[(case.method.upper(), case.operation.path)] += 1
     response = case.call(timeout=60)
     fuzz.statuses[response.status_code] += 1
+    if (case.method.upper(), case.operation.path) in GUARDED:
+        fuzz.guarded[response.status_code] += 1
     case.validate_response(response, checks=CHECKS)
 
 
@@ -234,6 +237,8 @@ def test_enough_requests_and_no_server_errors(fuzz: Fuzz) -> None:
     total = sum(fuzz.sent.values())
     assert total >= MIN_REQUESTS, (total, fuzz.sent)
     assert not [s for s in fuzz.statuses if s >= 500], fuzz.statuses
+    # nothing heavy was started: every request to a guarded route was refused
+    assert fuzz.guarded and all(400 <= s < 500 for s in fuzz.guarded), fuzz.guarded
     # the fixtures make the item routes reachable: some generated requests got a 2xx there
     assert sum(n for s, n in fuzz.statuses.items() if 200 <= s < 300) > 20, fuzz.statuses
     assert fuzz.sent[("GET", f"{API}/jobs/{{id}}/report")] > 0
