@@ -328,39 +328,22 @@ def _state_on_cpu(model: nn.Module) -> dict[str, torch.Tensor]:
 # ------------------------------------------------------------------------------------- classifier
 
 
-def _cpu_copy(obj: Any) -> Any:
-    """A deep copy of a (nested) state with every tensor copied to CPU: a snapshot safe to serialise
-    while training goes on mutating the originals in place."""
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().to("cpu", copy=True)
-    if isinstance(obj, dict):
-        return {k: _cpu_copy(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_cpu_copy(v) for v in obj]
-    if isinstance(obj, tuple):
-        return tuple(_cpu_copy(v) for v in obj)
-    return obj
-
-
 class _CheckpointWriter:
-    """Serialises checkpoints and calls the callback, on one helper thread (or inline); at most one in
-    flight, so memory holds at most one snapshot besides the live state."""
+    """Calls the checkpoint callback with already-serialised bytes, on one helper thread (or inline):
+    serialising stays on the training thread (it holds the GIL anyway and needs no snapshot copies); the
+    callback's hashing, writing and fsync overlap the next epoch.  At most one call in flight."""
 
     def __init__(self, fn: CheckpointFn, asynchronous: bool) -> None:
         self.fn = fn
-        self.asynchronous = asynchronous
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="cvops-ckpt") if asynchronous else None
         self._pending: Future[None] | None = None
 
-    def _write(self, epoch: int, payload: dict[str, Any], metrics: dict[str, float]) -> None:
-        self.fn(epoch, save_bytes(payload), metrics)
-
-    def submit(self, epoch: int, payload: dict[str, Any], metrics: dict[str, float]) -> None:
+    def submit(self, epoch: int, data: bytes, metrics: dict[str, float]) -> None:
         self.wait()
         if self._pool is None:
-            self._write(epoch, payload, metrics)
+            self.fn(epoch, data, metrics)
         else:
-            self._pending = self._pool.submit(self._write, epoch, payload, metrics)
+            self._pending = self._pool.submit(self.fn, epoch, data, metrics)
 
     def wait(self) -> None:
         pending, self._pending = self._pending, None
@@ -412,9 +395,10 @@ def train_classifier(
     images_per_s, best_val_accuracy}`` after every epoch, and ``{"phase": "batch", epoch, batch,
     batches, loss, images_per_s}`` at most every 2 s within one.  After each epoch the full state is
     serialised and passed to ``checkpoint(epoch, data, metrics)`` — with ``async_checkpoint`` (default)
-    from a helper thread while the next epoch trains: calls come in epoch order, one at a time, each
-    finished before the next starts and all finished before this function returns or raises (so the
-    epoch-k progress event may precede checkpoint k; a callback error fails the run at the next epoch).  ``should_stop()`` is polled before
+    called from a helper thread while the next epoch trains (so the blob store's hashing, write and fsync
+    cost no training time): calls come in epoch order, one at a time, each finished before the next
+    starts and all finished before this function returns or raises; the epoch-k progress event may
+    precede checkpoint k; a callback error fails the run at the next epoch's end (or at the return).  ``should_stop()`` is polled before
     every batch; True raises :class:`TrainingCancelled`.  ``resume_from`` (a checkpoint's bytes)
     restores model, optimiser, schedule, scaler, RNG and early-stopping state and continues with the next
     epoch (``start_epoch``, if given, must equal the checkpoint's epoch); resuming from the final (or an
@@ -587,17 +571,16 @@ def train_classifier(
                 "best_epoch": run.best_epoch,
             }
             run.history.append(record)
-            live = writer.asynchronous is False  # serialised right now: live tensors need no copy
             if run.best_epoch == epoch and run.best_state is not None:
-                model_state = run.best_state  # already a private copy
+                model_state = run.best_state  # the copy made above: no second device-to-host transfer
             else:
-                model_state = _state_on_cpu(model) if not live else model.state_dict()
+                model_state = model.state_dict()
             payload = {
                 "format": CHECKPOINT_FORMAT,
                 "epoch": epoch,
                 "model": model_state,
-                "optimizer": optimizer.state_dict() if live else _cpu_copy(optimizer.state_dict()),
-                "scheduler": _cpu_copy(scheduler.state_dict()),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
                 "scaler": dict(scaler.state_dict()) if use_amp else {},
                 "rng": _rng_state(generator),
                 "best_val_accuracy": run.best_acc,
@@ -610,7 +593,7 @@ def train_classifier(
                 "classes": list(info.classes),
             }
             metrics = {k: float(v) for k, v in record.items() if isinstance(v, int | float) and k != "epochs"}
-            writer.submit(epoch, payload, metrics)
+            writer.submit(epoch, save_bytes(payload), metrics)
             progress(dict(record))
             if run.stopped_early:
                 log.info(
