@@ -1,0 +1,167 @@
+"""Deployment packages: build (admin), list, download. Building (hashing, gzip) runs in an executor."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from cvops.blobs import BlobStore
+from cvops.errors import NotFound, ValidationFailed
+from cvops.events.projections import PackagesState, apply_packages
+from cvops.events.schema import PackageBuilt
+from cvops.packaging import build_package, package_files
+from cvops.platform.bodies import json_response, read_json
+from cvops.platform.context import principal
+from cvops.platform.keys import SERVICES, SETTINGS
+from cvops.platform.routes import ADMIN, Route
+
+
+class PackageRequest(msgspec.Struct, forbid_unknown_fields=True):
+    model_id: str
+    engine: str = "onnxruntime-cpu"
+
+
+class PackageOut(msgspec.Struct):
+    id: str
+    model_id: str
+    engine: str
+    sha256: str
+    bytes: int
+    manifest: dict[str, str] = {}
+
+
+class PackageList(msgspec.Struct):
+    packages: list[dict[str, Any]]
+
+
+_STATE_KEY = "packages"
+
+
+async def _state(request: web.Request) -> PackagesState:
+    services = request.app[SERVICES]
+    store = services.need("store")
+    holder = services.extra.setdefault(_STATE_KEY, {"state": PackagesState(), "pos": 0})
+    while True:
+        envs = await store.read(after=holder["pos"], limit=5000, prefix="package-")
+        if not envs:
+            return holder["state"]  # type: ignore[no-any-return]
+        for env in envs:
+            apply_packages(holder["state"], env)
+        holder["pos"] = envs[-1].seq
+
+
+def _build(blobs: BlobStore, model: dict[str, Any], engine: str) -> tuple[Any, dict[str, str]]:
+    files = package_files(model, engine, blobs.path)
+    tmp = blobs.temp_path(".tar.gz")
+    try:
+        meta = {
+            "engine": engine,
+            "model": {
+                k: model.get(k)
+                for k in (
+                    "id",
+                    "name",
+                    "task",
+                    "labels",
+                    "onnx",
+                    "parity",
+                    "parent_model_id",
+                    "dataset_id",
+                    "hyperparameters",
+                    "preset",
+                    "arch",
+                    "num_classes",
+                )
+            },
+        }
+        manifest = build_package(tmp, files, meta)
+        return blobs.put_file(tmp), manifest
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+async def create_package(request: web.Request) -> web.StreamResponse:
+    from cvops.ml.engines import ENGINE_NAMES
+
+    body = await read_json(request, PackageRequest, request.app[SETTINGS].max_json_bytes)
+    if body.engine not in ENGINE_NAMES:
+        raise ValidationFailed(
+            f"unknown engine {body.engine!r}", {"field": "engine", "known": list(ENGINE_NAMES)}
+        )
+    services = request.app[SERVICES]
+    model = await services.need("registry").get(body.model_id)
+    blobs = BlobStore(request.app[SETTINGS].blob_root)
+    ref, manifest = await asyncio.get_running_loop().run_in_executor(None, _build, blobs, model, body.engine)
+    pkg_id = uuid.uuid4().hex[:16]
+    event = PackageBuilt(
+        package_id=pkg_id,
+        model_id=body.model_id,
+        engine=body.engine,
+        sha256=ref.sha256,
+        bytes=ref.bytes,
+        manifest=manifest,
+    )
+    await services.need("store").append(f"package-{pkg_id}", [event], 0, user=principal(request).username)
+    rec = (await _state(request)).packages[pkg_id]
+    return json_response(msgspec.to_builtins(rec), status=201)
+
+
+async def list_packages(request: web.Request) -> web.StreamResponse:
+    state = await _state(request)
+    return json_response(PackageList(packages=[msgspec.to_builtins(p) for p in state.packages.values()]))
+
+
+async def _get(request: web.Request) -> Any:
+    pkg = (await _state(request)).packages.get(request.match_info["id"])
+    if pkg is None:
+        raise NotFound(f"no package {request.match_info['id']!r}", {"package_id": request.match_info["id"]})
+    return pkg
+
+
+async def get_package(request: web.Request) -> web.StreamResponse:
+    return json_response(msgspec.to_builtins(await _get(request)))
+
+
+async def download_package(request: web.Request) -> web.StreamResponse:
+    pkg = await _get(request)
+    path = BlobStore(request.app[SETTINGS].blob_root).path(pkg.sha256)
+    return web.FileResponse(
+        path,
+        headers={
+            "Content-Type": "application/gzip",
+            "Content-Disposition": f'attachment; filename="cvops-{pkg.id}.tar.gz"',
+            "X-Checksum-Sha256": pkg.sha256,
+        },
+    )
+
+
+ROUTES = [
+    Route(
+        "POST",
+        "/packages",
+        create_package,
+        ADMIN,
+        "Build a checksummed package (tar.gz + sha256 manifest) of a ready model for an engine",
+        body=PackageRequest,
+        response=PackageOut,
+        status=201,
+        tag="packages",
+    ),
+    Route("GET", "/packages", list_packages, ADMIN, "List packages", response=PackageList, tag="packages"),
+    Route(
+        "GET", "/packages/{id}", get_package, ADMIN, "One package record", response=PackageOut, tag="packages"
+    ),
+    Route(
+        "GET",
+        "/packages/{id}/download",
+        download_package,
+        ADMIN,
+        "Download a package (verify with `cvops package verify`)",
+        response="binary",
+        tag="packages",
+    ),
+]
