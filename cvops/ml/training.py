@@ -388,6 +388,7 @@ def train_classifier(
     resume_from: bytes | None = None,
     start_epoch: int = 0,
     async_checkpoint: bool = True,
+    checkpoint_min_interval_s: float = 0.0,
 ) -> TrainResult:
     """Train ``module`` (in place) on the ``train`` split of a validated ImageFolder dataset.
 
@@ -398,7 +399,9 @@ def train_classifier(
     called from a helper thread while the next epoch trains (so the blob store's hashing, write and fsync
     cost no training time): calls come in epoch order, one at a time, each finished before the next
     starts and all finished before this function returns or raises; the epoch-k progress event may
-    precede checkpoint k; a callback error fails the run at the next epoch's end (or at the return).  ``should_stop()`` is polled before
+    precede checkpoint k; a callback error fails the run at the next epoch's end (or at the return).
+    ``checkpoint_min_interval_s`` > 0 skips an epoch's checkpoint taken sooner than that after the
+    previous one (the last epoch, or an early stop, always gets one); a resume from any of them is exact.  ``should_stop()`` is polled before
     every batch; True raises :class:`TrainingCancelled`.  ``resume_from`` (a checkpoint's bytes)
     restores model, optimiser, schedule, scaler, RNG and early-stopping state and continues with the next
     epoch (``start_epoch``, if given, must equal the checkpoint's epoch); resuming from the final (or an
@@ -494,6 +497,7 @@ def train_classifier(
     train_images = 0
     train_time = 0.0
     writer = _CheckpointWriter(checkpoint, async_checkpoint)
+    last_checkpoint = -math.inf
     try:
         for epoch in range(done + 1, hp.epochs + 1):
             if run.stopped_early:
@@ -571,29 +575,34 @@ def train_classifier(
                 "best_epoch": run.best_epoch,
             }
             run.history.append(record)
-            if run.best_epoch == epoch and run.best_state is not None:
-                model_state = run.best_state  # the copy made above: no second device-to-host transfer
-            else:
-                model_state = model.state_dict()
-            payload = {
-                "format": CHECKPOINT_FORMAT,
-                "epoch": epoch,
-                "model": model_state,
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "scaler": dict(scaler.state_dict()) if use_amp else {},
-                "rng": _rng_state(generator),
-                "best_val_accuracy": run.best_acc,
-                "best_epoch": run.best_epoch,
-                "best_state": None if run.best_epoch == epoch else run.best_state,  # None: same as model
-                "stale_epochs": run.stale,
-                "stopped_early": run.stopped_early,
-                "history": [dict(h) for h in run.history],
-                "hyperparameters": hyperparameters_dict(hp),
-                "classes": list(info.classes),
-            }
-            metrics = {k: float(v) for k, v in record.items() if isinstance(v, int | float) and k != "epochs"}
-            writer.submit(epoch, save_bytes(payload), metrics)
+            final = epoch == hp.epochs or run.stopped_early
+            if final or time.perf_counter() - last_checkpoint >= checkpoint_min_interval_s:
+                last_checkpoint = time.perf_counter()
+                if run.best_epoch == epoch and run.best_state is not None:
+                    model_state = run.best_state  # the copy made above: no second device-to-host transfer
+                else:
+                    model_state = model.state_dict()
+                payload = {
+                    "format": CHECKPOINT_FORMAT,
+                    "epoch": epoch,
+                    "model": model_state,
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "scaler": dict(scaler.state_dict()) if use_amp else {},
+                    "rng": _rng_state(generator),
+                    "best_val_accuracy": run.best_acc,
+                    "best_epoch": run.best_epoch,
+                    "best_state": None if run.best_epoch == epoch else run.best_state,  # None: same as model
+                    "stale_epochs": run.stale,
+                    "stopped_early": run.stopped_early,
+                    "history": [dict(h) for h in run.history],
+                    "hyperparameters": hyperparameters_dict(hp),
+                    "classes": list(info.classes),
+                }
+                metrics = {
+                    k: float(v) for k, v in record.items() if isinstance(v, int | float) and k != "epochs"
+                }
+                writer.submit(epoch, save_bytes(payload), metrics)
             progress(dict(record))
             if run.stopped_early:
                 log.info(

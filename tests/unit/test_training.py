@@ -329,6 +329,21 @@ def test_async_and_inline_checkpoints_match(small_shapes: tuple[Path, DatasetInf
         assert [h["loss"] for h in ca["history"]] == [h["loss"] for h in cb["history"]]
 
 
+def test_checkpoint_min_interval_keeps_the_last(small_shapes: tuple[Path, DatasetInfo]) -> None:
+    root, info = small_shapes
+    got: list[int] = []
+    train_classifier(
+        SmallCNN(width=4),
+        root,
+        info,
+        {"epochs": 3, "batch_size": 16, "num_workers": 0},
+        preprocessing=PP32,
+        checkpoint=lambda e, b, m: got.append(e),
+        checkpoint_min_interval_s=3600,
+    )
+    assert got == [1, 3]  # the first (nothing before it) and the last
+
+
 def test_checkpoint_callback_errors_fail_the_run(small_shapes: tuple[Path, DatasetInfo]) -> None:
     root, info = small_shapes
 
