@@ -21,7 +21,15 @@ from cvops.blobs import BlobStore
 from cvops.config import Settings
 from cvops.errors import CvopsError
 from cvops.events.scheduling import job_stream
-from cvops.events.schema import CheckpointSaved, Event, JobProgressed, encode_event, type_of
+from cvops.events.schema import (
+    CheckpointSaved,
+    Envelope,
+    Event,
+    JobProgressed,
+    decode_envelopes,
+    encode_event,
+    type_of,
+)
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +56,17 @@ class SyncStore:
             if isinstance(inner, CvopsError):
                 raise inner from None
             raise
+
+    def read_stream(self, stream: str) -> list[Envelope]:
+        out: list[Envelope] = []
+        after = 0
+        while True:
+            data: Any = ray.get(self._h.read.remote(after, 5000, stream, None, None, None))
+            batch = decode_envelopes(data)
+            out.extend(batch)
+            if len(batch) < 5000:
+                return out
+            after = batch[-1].seq
 
     def stream_version(self, stream: str) -> int:
         version: Any = ray.get(self._h.stream_version.remote(stream))
@@ -118,7 +137,7 @@ def job_body(kind: str) -> JobBody:
 
         return run_train_job
     if kind == "evolve":
-        from cvops.actors.trainer import run_evolve_job
+        from cvops.actors.evolver import run_evolve_job
 
         return run_evolve_job
     raise CvopsError(f"unknown job kind {kind!r}")

@@ -154,13 +154,28 @@ class _SchedulerActor:
 
     # ------------------------------------------------------------------------------------ commands
     async def submit(
-        self, kind: str, spec: dict[str, Any], user: str, job_id: str | None = None
+        self,
+        kind: str,
+        spec: dict[str, Any],
+        user: str,
+        job_id: str | None = None,
+        parent_job_id: str | None = None,
     ) -> dict[str, Any]:
         async with self.lock:
             await self._sync()
             jid = job_id or uuid.uuid4().hex[:16]
+            if job_id is not None and jid in self.state.jobs:  # idempotent for deterministic child ids
+                return core.job_view(self.state.jobs[jid])
             await self._append(
-                core.plan_submit(self.state, jid, kind, spec, user, self.settings.job_queue_limit)
+                core.plan_submit(
+                    self.state,
+                    jid,
+                    kind,
+                    spec,
+                    user,
+                    self.settings.job_queue_limit,
+                    parent_job_id=parent_job_id,
+                )
             )
             await self._dispatch()
             return core.job_view(self.state.jobs[jid])

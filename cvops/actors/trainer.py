@@ -117,6 +117,19 @@ def run_train_job(ctx: JobContext) -> dict[str, Any]:
         )
     except TrainingCancelled as exc:
         raise JobCancelled(ctx.job_id) from exc
+    metrics = {
+        "epochs_done": result.epochs_done,
+        "best_val_accuracy": result.best_val_accuracy,
+        "best_epoch": result.best_epoch,
+        "final_loss": result.final_loss,
+        "images_per_s": result.images_per_s,
+        "first_step_s": result.first_step_s,
+        "resumed_from_epoch": result.resumed_from_epoch,
+        "history": result.history,
+        "seconds": time.monotonic() - t0,
+    }
+    if spec.get("register") is False:  # an evolution trial: only its fitness matters
+        return metrics
     weights = ctx.blobs.put_bytes(result.state_dict)
     arch = (rec.get("onnx") or {}).get("torch_arch") or rec.get("preset") or rec.get("arch")
     fields = {
@@ -140,21 +153,4 @@ def run_train_job(ctx: JobContext) -> dict[str, Any]:
         log.info("trained model registration: %s", exc)
         new = ray.get(registry._h.get.remote(fields["model_id"]))
     new = ray.get(registry._h.wait.remote(new["id"], CONVERSION_WAIT_S))
-    return {
-        "model_id": new["id"],
-        "model_status": new["status"],
-        "parity": new.get("parity"),
-        "epochs_done": result.epochs_done,
-        "best_val_accuracy": result.best_val_accuracy,
-        "best_epoch": result.best_epoch,
-        "final_loss": result.final_loss,
-        "images_per_s": result.images_per_s,
-        "first_step_s": result.first_step_s,
-        "resumed_from_epoch": result.resumed_from_epoch,
-        "history": result.history,
-        "seconds": time.monotonic() - t0,
-    }
-
-
-def run_evolve_job(ctx: JobContext) -> dict[str, Any]:
-    raise ValidationFailed("evolve jobs are not implemented yet in this version of cvops")
+    return {"model_id": new["id"], "model_status": new["status"], "parity": new.get("parity"), **metrics}

@@ -53,9 +53,13 @@ async def submit_job(request: web.Request) -> web.StreamResponse:
     if kind in ("evolve", "benchmark") and who.role != "admin":
         raise Forbidden(f"only admins may run {kind} jobs", {"required": ["admin"]})
     if kind == "evolve":
-        raise ValidationFailed(
-            "evolve jobs (the genetic algorithm) are not available in this release", {"field": "kind"}
-        )
+        from cvops.ga import parse_space
+
+        parse_space(spec.get("search_space"))
+        if request.app[SETTINGS].gpu_tokens < 2:
+            raise ValidationFailed(
+                "evolve needs CVOPS_GPU_TOKENS >= 2 (the evolution holds one token, its trials another)"
+            )
     services = request.app[SERVICES]
     if kind == "train" and who.role != "admin" and not is_default(spec.get("hyperparameters") or {}):
         raise Forbidden("engineers may only train with the default hyperparameters", {"required": ["admin"]})

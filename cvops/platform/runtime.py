@@ -31,6 +31,11 @@ def init_ray(settings: Settings) -> dict[str, str]:
     """Start an embedded local Ray (dashboard on 127.0.0.1) or join RAY_ADDRESS."""
     import ray
 
+    # Ray workers inherit this environment: ultralytics must never try the network or pip
+    os.environ.setdefault("YOLO_OFFLINE", "1")
+    os.environ.setdefault("YOLO_AUTOINSTALL", "false")
+    os.environ.setdefault("YOLO_CONFIG_DIR", str((settings.data_path / "ultralytics").resolve()))
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if ray.is_initialized():
         ctx = ray.get_runtime_context()
         return {"dashboard_url": "", "session_dir": "", "node_id": ctx.get_node_id()}

@@ -1,0 +1,146 @@
+"""GAEvolver: the body of an evolve job. Each trial is a child train job submitted through the
+GPUScheduler (so the token limit holds for trials too); each finished trial is a TrialCompleted
+event, and a resumed evolution rebuilds its populations from those and never re-runs a trial.
+
+Child job ids are deterministic (``<job>-g<gen>i<index>``), so a trial submitted before a crash is
+found again, not submitted twice.  Trials train without registering a model (``register: false``);
+the result names the best hyperparameters found.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import ray
+
+from cvops.actors.jobs import JobCancelled, JobContext
+from cvops.errors import ValidationFailed
+from cvops.events.schema import TrialCompleted
+from cvops.ga import initial_population, next_generation, parse_space
+
+log = logging.getLogger(__name__)
+
+POLL_S = 0.5
+TERMINAL = ("succeeded", "failed", "cancelled")
+
+
+def child_id(job_id: str, generation: int, index: int) -> str:
+    return f"{job_id[:16]}-g{generation}i{index}"
+
+
+def _finished_trials(ctx: JobContext) -> dict[tuple[int, int], TrialCompleted]:
+    done: dict[tuple[int, int], TrialCompleted] = {}
+    for env in ctx.store.read_stream(ctx.stream):
+        ev = env.event()
+        if isinstance(ev, TrialCompleted):
+            done[(ev.generation, ev.index)] = ev
+    return done
+
+
+def run_evolve_job(ctx: JobContext) -> dict[str, Any]:
+    from cvops.actors.scheduler import ACTOR_NAME as SCHEDULER
+    from cvops.ml.training import validate_hyperparameters
+
+    spec = ctx.spec
+    if ctx.settings.gpu_tokens < 2:
+        raise ValidationFailed(
+            "evolve needs CVOPS_GPU_TOKENS >= 2: the evolution holds one, its trials need another"
+        )
+    space = parse_space(spec.get("search_space"))
+    size, generations, seed = (
+        int(spec.get("population", 8)),
+        int(spec.get("generations", 3)),
+        int(spec.get("seed", 0)),
+    )
+    scheduler = ray.get_actor(SCHEDULER, namespace="cvops")
+    done = _finished_trials(ctx)
+    population = initial_population(space, size, seed)
+    history: list[dict[str, Any]] = []
+    best: tuple[float, dict[str, Any], str] | None = None
+    t0 = time.monotonic()
+    fitness: list[float] = [0.0] * size
+    for gen in range(generations):
+        if gen > 0:
+            population = next_generation(population, fitness, space, seed, gen)
+        for genome in population:
+            validate_hyperparameters(genome)
+        fitness = [0.0] * size
+        waiting: dict[int, str] = {}
+        for i, genome in enumerate(population):
+            trial = done.get((gen, i))
+            if trial is not None:
+                fitness[i] = trial.fitness
+                continue
+            cid = child_id(ctx.job_id, gen, i)
+            child_spec = {
+                "kind": "train",
+                "model_id": spec["model_id"],
+                "dataset_id": spec["dataset_id"],
+                "hyperparameters": genome,
+                "register": False,
+            }
+            ray.get(scheduler.submit.remote("train", child_spec, f"evolve:{ctx.job_id}", cid, ctx.job_id))
+            waiting[i] = cid
+        while waiting:
+            if ctx.should_stop():
+                for cid in waiting.values():
+                    try:
+                        ray.get(scheduler.cancel.remote(cid, f"evolve:{ctx.job_id}"))
+                    except ray.exceptions.RayTaskError as exc:
+                        log.debug("trial %s already ended: %s", cid, exc)
+                raise JobCancelled(ctx.job_id)
+            for i, cid in list(waiting.items()):
+                view: Any = ray.get(scheduler.get.remote(cid))
+                if view["status"] not in TERMINAL:
+                    continue
+                result = view.get("result") or {}
+                fit = float(result.get("best_val_accuracy") or 0.0) if view["status"] == "succeeded" else 0.0
+                fitness[i] = fit
+                ctx.emit(
+                    [
+                        TrialCompleted(
+                            job_id=ctx.job_id,
+                            generation=gen,
+                            index=i,
+                            genes=population[i],
+                            fitness=fit,
+                            child_job_id=cid,
+                        )
+                    ]
+                )
+                del waiting[i]
+                ctx.progress(
+                    {
+                        "phase": "trial",
+                        "generation": gen,
+                        "index": i,
+                        "fitness": fit,
+                        "remaining": len(waiting),
+                    },
+                    force=True,
+                )
+            time.sleep(POLL_S)
+        for i in range(size):
+            if best is None or fitness[i] > best[0]:
+                best = (fitness[i], population[i], child_id(ctx.job_id, gen, i))
+        history.append({"generation": gen, "best": max(fitness), "mean": sum(fitness) / size})
+        ctx.progress(
+            {
+                "phase": "generation",
+                "generation": gen,
+                "generations": generations,
+                "best_fitness": max(fitness),
+            },
+            force=True,
+        )
+    assert best is not None
+    return {
+        "best_fitness": best[0],
+        "best_hyperparameters": best[1],
+        "best_trial_job_id": best[2],
+        "generations": history,
+        "trials": size * generations,
+        "seconds": time.monotonic() - t0,
+    }
