@@ -108,6 +108,7 @@ _ENV: dict[str, tuple[str, type]] = {
     "CVOPS_LOGIN_MAX_FAILURES": ("login_max_failures", int),
     "CVOPS_LOGIN_WINDOW_S": ("login_window_s", float),
     "RAY_ADDRESS": ("ray_address", str),
+    "CVOPS_DASHBOARD_HOST": ("dashboard_host", str),
     "CVOPS_DASHBOARD_PORT": ("dashboard_port", int),
     "CVOPS_RAY_NUM_CPUS": ("ray_num_cpus", int),
 }

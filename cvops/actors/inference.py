@@ -91,6 +91,19 @@ class _Deployment:
         self.window_start = time.time()
 
 
+def gpu_share(engine: str, workers: int) -> float:
+    """GPU engines ask Ray for a share of one GPU (so the GPU is visible to them); CPU engines none."""
+    if not any(tag in engine for tag in ("cuda", "tensorrt")):
+        return 0.0
+    try:
+        import torch
+
+        gpus = torch.cuda.device_count()
+    except ImportError:
+        gpus = 0
+    return 0.0 if gpus == 0 else round(min(1.0, 1.0 / max(1, workers)), 4)
+
+
 def threads_per_worker(workers: int) -> int:
     """Size engine threads so the pool does not oversubscribe the machine's cores."""
     return max(1, (os.cpu_count() or 1) // max(1, workers))
@@ -159,7 +172,10 @@ class InferencePool:
         threads = threads_per_worker(rec.workers)
         workers = [
             InferenceWorker.options(  # type: ignore[attr-defined]
-                name=f"cvops-infer-{rec.id}-{i}", namespace=NAMESPACE, get_if_exists=True
+                name=f"cvops-infer-{rec.id}-{i}",
+                namespace=NAMESPACE,
+                get_if_exists=True,
+                num_gpus=gpu_share(rec.engine, rec.workers),
             ).remote(self.settings, model, rec.engine, threads, rec.max_batch)
             for i in range(rec.workers)
         ]

@@ -164,6 +164,8 @@ class JobWorker:
     ) -> dict[str, Any]:
         """Returns ``{"outcome": "succeeded"|"cancelled"|"failed", ...}``; never raises for a job
         error (that is an outcome), so a raised error means the worker itself broke."""
+        if device.startswith("cuda") and ray.get_gpu_ids():
+            device = "cuda:0"  # Ray made the GPU it assigned the only visible one
         ctx = JobContext(
             job_id, spec, device, token, attempt, self._settings, SyncStore(), self._cancel, last_checkpoint
         )

@@ -255,8 +255,14 @@ class _RegistryActor:
         out: dict[str, Any] = msgspec.to_builtins(m)
         return out
 
+    async def _ensure_started(self) -> None:
+        """Ray restarts this actor after a crash (max_restarts=-1): rebuild and resume conversions."""
+        if not self.started:
+            await self.start()
+
     async def register(self, fields: dict[str, Any], user: str) -> dict[str, Any]:
         """Record an upload / preset / trained model and start converting it."""
+        await self._ensure_started()
         model_id = fields.pop("model_id", None) or uuid.uuid4().hex[:16]
         if fields.get("task") not in TASKS:
             raise ValidationFailed(f"task must be one of {', '.join(TASKS)}", {"field": "task"})
@@ -332,6 +338,7 @@ class _RegistryActor:
             self.blobs.delete(m.source_sha256)
 
     async def get(self, model_id: str) -> dict[str, Any]:
+        await self._ensure_started()
         await self._sync()
         return self._view(self._model(model_id))
 
@@ -378,6 +385,7 @@ class _RegistryActor:
         return d
 
     async def register_dataset(self, fields: dict[str, Any], user: str) -> dict[str, Any]:
+        await self._ensure_started()
         dataset_id = uuid.uuid4().hex[:16]
         if fields.get("task") not in TASKS:
             raise ValidationFailed(f"task must be one of {', '.join(TASKS)}", {"field": "task"})

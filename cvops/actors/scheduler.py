@@ -48,6 +48,13 @@ class _SchedulerActor:
         self.follower: asyncio.Task[None] | None = None
         self.stopping = False
 
+    def _gpu_share(self, kind: str) -> float:
+        """The GPU fraction a job's worker asks Ray for: tokens share the GPUs evenly, so Ray never
+        holds back a job the scheduler started; an evolution itself runs no model (its trials do)."""
+        if not self.gpus or kind == "evolve":
+            return 0.0
+        return min(1.0, self.gpus / max(1, self.settings.gpu_tokens))
+
     def _device(self, token: int) -> str:
         return f"cuda:{token % self.gpus}" if self.gpus else "cpu"
 
@@ -103,7 +110,7 @@ class _SchedulerActor:
         from cvops.actors.jobs import JobWorker
 
         worker = JobWorker.options(  # type: ignore[attr-defined]
-            name=f"cvops-job-{rec.id}", namespace=NAMESPACE, num_gpus=1 if self.gpus else 0
+            name=f"cvops-job-{rec.id}", namespace=NAMESPACE, num_gpus=self._gpu_share(rec.kind)
         ).remote(self.settings)
         self.workers[rec.id] = worker
         ref = worker.run.remote(
@@ -161,6 +168,7 @@ class _SchedulerActor:
         job_id: str | None = None,
         parent_job_id: str | None = None,
     ) -> dict[str, Any]:
+        await self._ensure_started()
         async with self.lock:
             await self._sync()
             jid = job_id or uuid.uuid4().hex[:16]
@@ -181,6 +189,7 @@ class _SchedulerActor:
             return core.job_view(self.state.jobs[jid])
 
     async def cancel(self, job_id: str, by: str) -> dict[str, Any]:
+        await self._ensure_started()
         async with self.lock:
             await self._sync()
             rec = self.state.jobs.get(job_id)
@@ -220,8 +229,14 @@ class _SchedulerActor:
         return core.scheduler_view(self.state)
 
     async def _sync_unlocked(self) -> None:
+        await self._ensure_started()
         async with self.lock:
             await self._sync()
+
+    async def _ensure_started(self) -> None:
+        """Ray restarts this actor after a crash (max_restarts=-1) with an empty state: recover then."""
+        if not self.started:
+            await self.start()
 
     async def wait_job(self, job_id: str, timeout: float) -> dict[str, Any]:
         """Wait until the job reaches a terminal status (or timeout); returns its view."""

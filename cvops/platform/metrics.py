@@ -38,14 +38,6 @@ class Metrics:
             ["deployment"],
             registry=self.registry,
         )
-        self.inference_batch = Histogram(
-            "cvops_inference_batch_size",
-            "batch sizes sent to workers",
-            ["deployment"],
-            buckets=(1, 2, 4, 8, 16, 32, 64),
-            registry=self.registry,
-        )
-
         self.router = Gauge(
             "cvops_inference_router",
             "router totals per deployment (requests, completed, rejected, timed_out, errors, retries, queued, inflight)",

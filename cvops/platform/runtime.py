@@ -137,7 +137,8 @@ def boot_ctx(announce: Any = None, manage_ray: bool = True) -> Any:
             try:
                 info = await loop.run_in_executor(None, init_ray, settings) if manage_ray else {}
                 if manage_ray:
-                    start_reaper(info.get("session_dir", ""))
+                    if not settings.ray_address:  # never reap a cluster we only joined
+                        start_reaper(info.get("session_dir", ""))
                     # Ray's driver installs its own SIGTERM handler; ours must win
                     reinstall = app.get("cvops.reinstall_signals")
                     if callable(reinstall):
