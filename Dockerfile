@@ -36,8 +36,9 @@ RUN pip install ".${EXTRAS:+[$EXTRAS]}" \
        fi
 
 ENV CVOPS_HOST=0.0.0.0 \
+    CVOPS_DASHBOARD_HOST=0.0.0.0 \
     CVOPS_DATA_DIR=/data
 VOLUME /data
-# 8080: the gateway; 8265: the Ray dashboard (it binds 127.0.0.1 today, see docs/operations.md)
+# 8080: the gateway; 8265: the Ray dashboard
 EXPOSE 8080 8265
 CMD ["cvops", "serve"]
