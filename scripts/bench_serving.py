@@ -17,8 +17,8 @@
    so the replica keeps accepting requests. Same users, same load generator.
    (c) raw: no HTTP; decode + preprocess + run batches of 8 in a loop in this process (1 or 2 loop
    threads x 1 or 2 onnxruntime threads; the best one is the ceiling).
-   Every server's process tree is set to nice 0 (Ray starts its workers at nice 15), and only one
-   side runs at a time.
+   Every server's process tree is set to nice 0 (Ray starts its workers at nice 15); both servers
+   stay up for the whole run and only one side is measured at a time (the other idles).
 3. Prints one line per side (throughput, p50/p95/p99) and the ratios against the goals:
    cvops >= 1.5x Ray Serve's throughput with p99 <= Ray Serve's (small models), cvops >= 0.9x raw
    (compute-bound models).  With ``--rounds`` > 1 the sides alternate order and medians are printed.
@@ -151,6 +151,36 @@ def renice_tree(pid: int) -> int:
     return n
 
 
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) used so far by ``pid`` and its living descendants."""
+    import psutil
+
+    total = 0.0
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0.0
+    for p in procs:
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.NoSuchProcess:
+            continue
+    return total
+
+
+def measured(
+    pid: int, url: str, jpeg: bytes, headers: dict[str, str], users: int, duration: float
+) -> tuple[LoadResult, str]:
+    """``run_load`` plus the server tree's and this (client) process's CPU per answered request."""
+    s0, c0 = tree_cpu_s(pid), time.process_time()
+    res = load(url, jpeg, headers, users, duration)
+    s1, c1 = tree_cpu_s(pid), time.process_time()
+    n = max(1, res.requests)
+    return res, f"server cpu {(s1 - s0) / n * 1000:.1f} ms/req, client {(c1 - c0) / n * 1000:.1f}"
+
+
 def http_json(
     url: str, method: str = "GET", body: Any = None, token: str | None = None, timeout: float = 600.0
 ) -> tuple[int, Any]:
@@ -224,12 +254,13 @@ class Cvops:
     def run(self, jpeg: bytes, users: int, duration: float) -> Line:
         warm(self.url, jpeg, self.headers, users, 4.0)
         before = self.router().get("batch_sizes", {})
-        res = load(self.url, jpeg, self.headers, users, duration)
+        assert self.server.proc is not None
+        res, cpu = measured(self.server.proc.pid, self.url, jpeg, self.headers, users, duration)
         after = self.router().get("batch_sizes", {})
         sizes = {int(k): v - before.get(k, 0) for k, v in after.items() if v - before.get(k, 0)}
         n = sum(sizes.values())
         mean = sum(k * v for k, v in sizes.items()) / n if n else 0.0
-        return line_of("cvops", res, f"mean batch {mean:.2f}")
+        return line_of("cvops", res, f"mean batch {mean:.2f}; {cpu}")
 
     def stop(self) -> None:
         self.server.stop()
@@ -353,8 +384,8 @@ class RayServe:
 
     def run(self, jpeg: bytes, users: int, duration: float) -> Line:
         warm(self.url, jpeg, self.headers, users, 4.0)
-        res = load(self.url, jpeg, self.headers, users, duration)
-        return line_of("ray-serve", res, f"max_ongoing {self.max_ongoing}")
+        res, cpu = measured(self.proc.pid, self.url, jpeg, self.headers, users, duration)
+        return line_of("ray-serve", res, f"max_ongoing {self.max_ongoing}; {cpu}")
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -425,7 +456,9 @@ def raw_ceiling(onnx: bytes, model: dict[str, Any], jpeg: bytes, duration: float
             for _ in range(loops)
         ]
         _raw_run(preds, items, 1.0)  # warm-up
+        c0 = time.process_time()
         rate, lat = _raw_run(preds, items, per)
+        cpu_ms = (time.process_time() - c0) / max(1.0, rate * per) * 1000
         q = np.percentile(np.asarray(lat), [50, 95, 99])
         cand = Line(
             "raw-ort",
@@ -433,7 +466,7 @@ def raw_ceiling(onnx: bytes, model: dict[str, Any], jpeg: bytes, duration: float
             float(q[0]),
             float(q[1]),
             float(q[2]),
-            f"{loops} loop(s) x {threads} thread(s), batch 8",
+            f"{loops} loop(s) x {threads} thread(s), batch 8; cpu {cpu_ms:.1f} ms/img",
         )
         print(f"  raw {loops}x{threads}: {cand.rps:.1f} img/s", flush=True)
         if best is None or cand.rps > best.rps:
@@ -482,27 +515,30 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(td)
         cv = Cvops(tmp, args.model, workers)
         print(f"cvops up; preset built + converted in {cv.build_s:.1f} s", flush=True)
+        rs: RayServe | None = None
         try:
+            if "serve" in sides:  # both servers stay up (idle when not measured) for every round
+                rs = RayServe(tmp, cv.onnx, cv.model, workers, threads, max_ongoing)
+                print("Ray Serve up", flush=True)
             for r in range(args.rounds):
                 order = sides if r % 2 == 0 else sides[::-1]
                 for side in order:
+                    load0 = os.getloadavg()[0]
                     if side == "cvops":
                         line = cv.run(jpeg, args.users, args.duration)
                     elif side == "serve":
-                        if cv.server.proc is not None:  # keep cvops idle but up: nothing runs on it
-                            pass
-                        rs = RayServe(tmp, cv.onnx, cv.model, workers, threads, max_ongoing)
-                        try:
-                            line = rs.run(jpeg, args.users, args.duration)
-                        finally:
-                            rs.stop()
+                        assert rs is not None
+                        line = rs.run(jpeg, args.users, args.duration)
                     elif side == "raw":
                         line = raw_ceiling(cv.onnx, cv.model, jpeg, args.duration, tmp)
                     else:
                         raise SystemExit(f"unknown side {side!r}")
+                    line.note += f"; load {load0:.0f}->{os.getloadavg()[0]:.0f}"
                     print(line.text(), flush=True)
                     results[side].append(line)
         finally:
+            if rs is not None:
+                rs.stop()
             cv.stop()
 
     def med(side: str) -> Line | None:
