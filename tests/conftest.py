@@ -5,8 +5,8 @@ from __future__ import annotations
 import importlib.util
 import os
 import socket
-from pathlib import Path
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
