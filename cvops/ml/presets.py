@@ -69,24 +69,32 @@ class BuiltModel:
 # ------------------------------------------------------------------------------------------ tiny_cnn
 
 
+def _relu_pool() -> nn.Sequential:
+    return nn.Sequential(nn.ReLU(inplace=True), nn.MaxPool2d(2))
+
+
 class TinyCNN(nn.Module):
-    """Three conv-BN-ReLU blocks (stride 2), global average pool, linear head: ~25k parameters."""
+    """Three conv-BN-ReLU-maxpool blocks, global max pool, linear head: ~25k parameters.
+
+    Max pooling (not stride-2 convolutions and a global average) is what lets a net this small learn
+    shapes at all: with strided convs and an average pool it stays at chance on the drawn-shapes
+    dataset.  The pools have no weights, so the state_dict keys are those of the plain blocks."""
 
     def __init__(self, num_classes: int = 10, width: int = 16) -> None:
         super().__init__()
         w = width
         self.features = nn.Sequential(
-            nn.Conv2d(3, w, 3, stride=2, padding=1, bias=False),
+            nn.Conv2d(3, w, 3, padding=1, bias=False),
             nn.BatchNorm2d(w),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(w, 2 * w, 3, stride=2, padding=1, bias=False),
+            _relu_pool(),
+            nn.Conv2d(w, 2 * w, 3, padding=1, bias=False),
             nn.BatchNorm2d(2 * w),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(2 * w, 4 * w, 3, stride=2, padding=1, bias=False),
+            _relu_pool(),
+            nn.Conv2d(2 * w, 4 * w, 3, padding=1, bias=False),
             nn.BatchNorm2d(4 * w),
-            nn.ReLU(inplace=True),
+            _relu_pool(),
         )
-        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.pool = nn.AdaptiveMaxPool2d(1)
         self.fc = nn.Linear(4 * w, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
