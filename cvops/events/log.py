@@ -562,7 +562,11 @@ class EventLog:
         return rows_to_envelopes(self._reader.execute(sql, params).fetchall())
 
     async def wait_for(self, after: int, timeout: float) -> int:
-        """Return :attr:`last_seq` as soon as it is greater than ``after``, or when ``timeout`` passes."""
+        """Return :attr:`last_seq` as soon as it is greater than ``after``, or when ``timeout`` passes
+        (or the log is closed meanwhile).  Raises Unavailable on a closed log, so a polling loop ends
+        instead of spinning."""
+        if self._closed:
+            raise Unavailable("event log is closed", {"path": str(self.path)})
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while self._last_seq <= after and not self._closed:

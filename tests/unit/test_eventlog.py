@@ -122,11 +122,15 @@ async def test_subscribe_ends_on_close(tmp_path: Path) -> None:
         async for env in log.subscribe():
             got.append(env.seq)
 
+    waiter = asyncio.create_task(log.wait_for(1, 30.0))
     task = asyncio.create_task(consume())
     await asyncio.sleep(0.05)
     await log.close()
     await asyncio.wait_for(task, 2.0)
     assert got == [1]
+    assert await asyncio.wait_for(waiter, 2.0) == 1  # a waiter returns when the log closes
+    with pytest.raises(Unavailable):  # and a later wait fails, so polling loops end instead of spinning
+        await log.wait_for(0, 1.0)
 
 
 async def test_readonly_reader_while_writer_open(tmp_path: Path) -> None:
