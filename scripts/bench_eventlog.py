@@ -104,7 +104,14 @@ def eventsourcing_single(path: Path, n: int, producers: int) -> float | None:
     except ImportError:
         return None
     # the library switches to WAL itself; synchronous stays at SQLite's default, FULL, as for the others
-    datastore = SQLiteDatastore(str(path), pool_size=producers, max_overflow=0, originator_id_type="text")
+    datastore = SQLiteDatastore(
+        str(path),
+        pool_size=producers,
+        max_overflow=0,
+        pool_timeout=600.0,  # 100 threads queue for the one writer; do not give up on a busy machine
+        lock_timeout=600,
+        originator_id_type="text",
+    )
     recorder = SQLiteApplicationRecorder(datastore)
     recorder.create_table()
     per = n // producers
