@@ -37,9 +37,11 @@ async def test_kill_9_keeps_acknowledged_events(db: Path, round_: int) -> None:
     first = await asyncio.wait_for(proc.stdout.readline(), 20)
     assert first.startswith(b"ready"), first
     start_seq = int(first.split()[1])
-    await asyncio.sleep(random.uniform(0.02, 0.4))  # kill at a random moment mid-appends
+    # wait for the first acknowledgement (a busy machine may take a while), then kill at a random moment
+    first_ack = await asyncio.wait_for(proc.stdout.readline(), 20)
+    await asyncio.sleep(random.uniform(0.0, 0.4))
     os.kill(proc.pid, signal.SIGKILL)
-    rest = await proc.stdout.read()
+    rest = first_ack + await proc.stdout.read()
     await proc.wait()
     assert proc.returncode == -signal.SIGKILL
     # a line without its newline may be cut by the kill: only complete lines were acknowledged
