@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import msgspec
@@ -14,10 +13,9 @@ from cvops.platform.bodies import json_response
 from cvops.platform.context import principal, query_bool
 from cvops.platform.keys import SERVICES, SETTINGS
 from cvops.platform.routes import STAFF, Route
-from cvops.platform.uploads import read_multipart, record_rejection
+from cvops.platform.uploads import check_name, default_name, read_multipart, record_rejection
 
 WAIT_S = 600.0
-_NAME = re.compile(r"^[\w .:+-]{1,128}$")
 ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
 
 
@@ -47,9 +45,8 @@ async def upload_dataset(request: web.Request) -> web.StreamResponse:
     try:
         task = up.fields.get("task", "classification")
         fmt = up.fields.get("format") or ("yolo" if task == "detection" else "imagefolder")
-        name = up.fields.get("name") or up.filename or "dataset"
-        if not _NAME.match(name):
-            raise ValidationFailed("name must be 1-128 letters, digits, spaces or ._:+-", {"field": "name"})
+        name = up.fields.get("name") or default_name(up.filename, "dataset")
+        check_name(name)
         with blobs.open(up.blob.sha256) as fh:
             head = fh.read(4)
         if head not in ZIP_MAGIC:

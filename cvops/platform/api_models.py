@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import re
 from typing import Any
 
 import msgspec
@@ -15,10 +14,9 @@ from cvops.platform.bodies import json_response, read_json
 from cvops.platform.context import principal, query_bool
 from cvops.platform.keys import SERVICES, SETTINGS
 from cvops.platform.routes import ADMIN, STAFF, Route
-from cvops.platform.uploads import read_multipart, record_rejection
+from cvops.platform.uploads import check_name, default_name, read_multipart, record_rejection
 
 WAIT_S = 600.0
-_NAME = re.compile(r"^[\w .:+-]{1,128}$")
 
 
 class PresetRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -98,10 +96,9 @@ async def upload_model(request: web.Request) -> web.StreamResponse:
         raise
     assert up.blob is not None
     try:
-        name = up.fields.get("name") or up.filename or "model"
+        name = up.fields.get("name") or default_name(up.filename, "model")
         task = up.fields.get("task", "")
-        if not _NAME.match(name):
-            raise ValidationFailed("name must be 1-128 letters, digits, spaces or ._:+-", {"field": "name"})
+        check_name(name)
         if task not in ("classification", "detection"):
             raise ValidationFailed("task must be classification or detection", {"field": "task"})
         from cvops.ml.formats import detect_format
@@ -168,8 +165,7 @@ async def create_preset(request: web.Request) -> web.StreamResponse:
     if body.labels is not None and body.num_classes is not None and len(body.labels) != body.num_classes:
         raise ValidationFailed("labels must have num_classes entries", {"field": "labels"})
     name = body.name or body.preset
-    if not _NAME.match(name):
-        raise ValidationFailed("name must be 1-128 letters, digits, spaces or ._:+-", {"field": "name"})
+    check_name(name)
     fields = {
         "name": name,
         "task": spec.task,

@@ -4,6 +4,7 @@ the limit is crossed (partial file removed), hashing and writing in an executor.
 from __future__ import annotations
 
 import asyncio
+import re
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -13,6 +14,23 @@ from cvops.blobs import BlobRef, BlobStore
 from cvops.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 
 FIELD_LIMIT = 64 * 1024
+NAME = re.compile(r"[\w .:+-]{1,128}")
+
+
+def default_name(filename: str, fallback: str) -> str:
+    """A display name from an upload's file name, when the form gave none."""
+    return re.sub(r"[^\w .:+-]", "_", filename)[:128] or fallback
+
+
+def check_name(name: str) -> str:
+    """Display names of models and datasets: 1-128 letters, digits, spaces or ``._:+-``."""
+    from cvops.errors import ValidationFailed
+
+    if not NAME.fullmatch(name):
+        raise ValidationFailed("name must be 1-128 letters, digits, spaces or ._:+-", {"field": "name"})
+    return name
+
+
 CHUNK = 1024 * 1024
 
 
