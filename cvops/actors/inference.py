@@ -110,18 +110,17 @@ def threads_per_worker(workers: int) -> int:
 
 
 def default_workers(settings: Settings) -> int:
-    """Workers for a deployment whose request names none: CVOPS_INFERENCE_WORKERS, capped at this
-    machine's cores.
+    """Workers for a deployment whose request names none: exactly CVOPS_INFERENCE_WORKERS (the
+    platform's contract: an InferencePool of 10 by default).
 
-    Each worker decodes and preprocesses its batch in its own process, so on a CPU engine one worker
-    per core with one engine thread each is the best of what was measured on 2 cores
-    (scripts/bench_serving.py: 1 worker x 2 threads gave half the throughput; 3, 4 and 10 workers no
-    more than 2, while 10 made batches smaller, held 5x the memory and took 5x longer to deploy).  A
-    GPU engine is fed by the same CPU-side decoding, so the same cap holds (8 workers on 16 cores
-    served resnet50 on torch-cuda at ~1,600 req/s, 4 workers ~900).  A request's explicit ``workers``
-    is used as given.
+    Sizing advice, measured (scripts/bench_serving.py): each worker decodes and preprocesses its batch
+    in its own process, so on a CPU engine about one worker per core with one engine thread each is
+    best — on 2 cores 1 worker x 2 threads gave half the throughput, and 3, 4 or 10 workers no more
+    than 2 while 10 made batches smaller, held 5x the memory and took 5x longer to deploy.  A GPU engine
+    is fed by the same CPU-side decoding (8 workers on 16 cores served resnet50 on torch-cuda at ~1,600
+    req/s, 4 workers ~900).  On a small machine, set CVOPS_INFERENCE_WORKERS or pass ``workers``.
     """
-    return max(1, min(settings.inference_workers, os.cpu_count() or 1))
+    return max(1, settings.inference_workers)
 
 
 class InferencePool:
