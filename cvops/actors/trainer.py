@@ -101,6 +101,7 @@ def run_train_job(ctx: JobContext) -> dict[str, Any]:
         ctx.progress(p, force=p.get("phase") == "epoch")
 
     train = train_detector if rec["task"] == "detection" else train_classifier
+    train_call_unix = time.time()
     try:
         result = train(
             module,
@@ -127,6 +128,8 @@ def run_train_job(ctx: JobContext) -> dict[str, Any]:
         "resumed_from_epoch": result.resumed_from_epoch,
         "history": result.history,
         "seconds": time.monotonic() - t0,
+        # wall-clock time of the first optimiser step: minus the job's submitted_ts = time to first step
+        "first_step_unix": train_call_unix + result.first_step_s,
     }
     if spec.get("register") is False:  # an evolution trial: only its fitness matters
         return metrics
