@@ -134,10 +134,15 @@ class InferencePool:
         self.pos = 0
         self.live: dict[str, _Deployment] = {}
         self.lock = asyncio.Lock()
+        self.sync_lock = asyncio.Lock()
         self.stats_task: asyncio.Task[None] | None = None
         self.metrics: Any = None
 
     async def _sync(self) -> None:
+        async with self.sync_lock:
+            await self._sync_locked()
+
+    async def _sync_locked(self) -> None:
         while True:
             envs = await self.store.read(after=self.pos, limit=5000, prefix="deployment-")
             if not envs:
@@ -265,25 +270,35 @@ class InferencePool:
                 max_wait_ms=max_wait_ms,
                 created_by=user,
             )
-            await self._bring_up(rec)  # fails before anything is recorded if the engine cannot load
-            await self.store.append(
-                deployment_stream(dep_id),
-                [
-                    DeploymentCreated(
-                        deployment_id=dep_id,
-                        model_id=model_id,
-                        engine=engine,
-                        workers=n,
-                        max_batch=max_batch,
-                        max_wait_ms=max_wait_ms,
-                        created_by=user,
-                    )
-                ],
-                0,
-                user=user,
-            )
+            dep = await self._bring_up(rec)  # fails before anything is recorded if the engine cannot load
+            try:
+                await self._record_created(dep_id, model_id, engine, n, max_batch, max_wait_ms, user)
+            except BaseException:
+                self.live.pop(dep_id, None)  # not in the log: it must not serve
+                await self._tear_down(dep)
+                raise
             await self._sync()
         return self.view(dep_id)
+
+    async def _record_created(
+        self, dep_id: str, model_id: str, engine: str, n: int, max_batch: int, max_wait_ms: float, user: str
+    ) -> None:
+        await self.store.append(
+            deployment_stream(dep_id),
+            [
+                DeploymentCreated(
+                    deployment_id=dep_id,
+                    model_id=model_id,
+                    engine=engine,
+                    workers=n,
+                    max_batch=max_batch,
+                    max_wait_ms=max_wait_ms,
+                    created_by=user,
+                )
+            ],
+            0,
+            user=user,
+        )
 
     def view(self, dep_id: str) -> dict[str, Any]:
         import msgspec
@@ -350,15 +365,16 @@ class InferencePool:
     async def flush_stats(self) -> int:
         """One InferenceStats event per deployment that served requests in the window."""
         n = 0
-        for dep_id, dep in list(self.live.items()):
-            window = dep.router.drain_window()
-            if window.requests == 0 and window.rejected == 0:
-                continue
-            try:
-                await self.store.append(deployment_stream(dep_id), [window.to_event(dep_id)])
-                n += 1
-            except CvopsError as exc:
-                log.warning("stats for %s not recorded: %s", dep_id, exc)
+        async with self.lock:  # never between a delete's version read and its append
+            for dep_id, dep in list(self.live.items()):
+                window = dep.router.drain_window()
+                if window.requests == 0 and window.rejected == 0:
+                    continue
+                try:
+                    await self.store.append(deployment_stream(dep_id), [window.to_event(dep_id)])
+                    n += 1
+                except CvopsError as exc:
+                    log.warning("stats for %s not recorded: %s", dep_id, exc)
         return n
 
     async def stop(self) -> None:

@@ -201,6 +201,7 @@ class _RegistryActor:
         self.lock = asyncio.Lock()
         self.running: dict[str, asyncio.Task[None]] = {}
         self.started = False
+        self.start_lock = asyncio.Lock()
 
     async def _sync(self) -> None:
         async with self.lock:
@@ -221,28 +222,32 @@ class _RegistryActor:
         await self._sync()
 
     async def start(self) -> int:
-        if not self.started:
-            self.started = True
-            await self._sync()
-            for m in list(self.models.models.values()):
-                if m.status in ("pending", "converting"):
-                    if m.attempts >= MAX_ATTEMPTS:
-                        await self._append(
-                            model_stream(m.id),
-                            [
-                                ModelRejected(
-                                    model_id=m.id,
-                                    reason=f"conversion did not finish after {m.attempts} attempts",
-                                )
-                            ],
-                            m.version,
-                        )
-                    else:
-                        self._spawn_convert(m.id)
-            for d in list(self.datasets.datasets.values()):
-                if d.status == "pending":
-                    self._spawn_dataset(d.id)
+        async with self.start_lock:
+            if not self.started:
+                await self._start()
         return len(self.models.models)
+
+    async def _start(self) -> None:
+        await self._sync()
+        for m in list(self.models.models.values()):
+            if m.status in ("pending", "converting"):
+                if m.attempts >= MAX_ATTEMPTS:
+                    await self._append(
+                        model_stream(m.id),
+                        [
+                            ModelRejected(
+                                model_id=m.id,
+                                reason=f"conversion did not finish after {m.attempts} attempts",
+                            )
+                        ],
+                        m.version,
+                    )
+                else:
+                    self._spawn_convert(m.id)
+        for d in list(self.datasets.datasets.values()):
+            if d.status == "pending":
+                self._spawn_dataset(d.id)
+        self.started = True  # only once the rebuild and the resumptions went through
 
     # --------------------------------------------------------------------------------- models
     def _model(self, model_id: str) -> proj.ModelRecord:
@@ -325,17 +330,34 @@ class _RegistryActor:
             self.running.pop(model_id, None)
 
     def _forget_source(self, model_id: str) -> None:
-        """A rejected upload leaves no file behind (unless another model uses the same bytes)."""
+        """A rejected upload leaves no file behind (unless something else uses the same bytes)."""
         m = self.models.models.get(model_id)
-        if m is None or not m.source_sha256:
-            return
-        users = [
-            x
-            for x in self.models.models.values()
-            if x.source_sha256 == m.source_sha256 and x.id != model_id and x.status != "failed"
-        ]
-        if not users:
-            self.blobs.delete(m.source_sha256)
+        if m is not None and m.source_sha256:
+            self._release(m.source_sha256, skip_model=model_id)
+
+    def _in_use(self, sha: str, skip_model: str = "", skip_dataset: str = "") -> bool:
+        """Blobs are content-addressed: the same bytes may back several records."""
+        for x in self.models.models.values():
+            if x.id == skip_model or x.status in ("failed", "deleted"):
+                continue
+            onnx = x.onnx or {}
+            if sha in (x.source_sha256, onnx.get("sha256"), onnx.get("torch_sha256")):
+                return True
+        return any(
+            d.sha256 == sha and d.id != skip_dataset and d.status != "failed"
+            for d in self.datasets.datasets.values()
+        )
+
+    def _release(self, sha: str, skip_model: str = "", skip_dataset: str = "") -> bool:
+        if self._in_use(sha, skip_model, skip_dataset):
+            return False
+        return self.blobs.delete(sha)
+
+    async def release_blob(self, sha: str) -> bool:
+        """Delete an upload's blob that no record references (the gateway's rejected uploads)."""
+        await self._ensure_started()
+        await self._sync()
+        return self._release(sha)
 
     async def get(self, model_id: str) -> dict[str, Any]:
         await self._ensure_started()
@@ -416,7 +438,7 @@ class _RegistryActor:
                     else f"{type(inner).__name__}: {str(inner)[:500]}"
                 )
                 details = inner.details if isinstance(inner, CvopsError) else {}
-                self.blobs.delete(d.sha256)  # before the rejection is visible (see _convert)
+                self._release(d.sha256, skip_dataset=dataset_id)  # before the rejection is visible
                 await self._append(
                     dataset_stream(dataset_id),
                     [DatasetRejected(dataset_id=dataset_id, reason=reason, details=details)],
@@ -494,6 +516,9 @@ class Registry:
 
     async def state_hash(self) -> str:
         return await call(self._h.state_hash.remote())  # type: ignore[no-any-return]
+
+    async def release_blob(self, sha: str) -> bool:
+        return await call(self._h.release_blob.remote(sha))  # type: ignore[no-any-return]
 
     async def register_dataset(self, fields: dict[str, Any], user: str) -> dict[str, Any]:
         return await call(self._h.register_dataset.remote(fields, user))  # type: ignore[no-any-return]

@@ -104,13 +104,20 @@ class _SchedulerActor:
         for append in core.plan_dispatch(self.state, self._device):
             await self._append(append)
             job_id = append[0].job_id  # type: ignore[attr-defined]
-            self._launch(self.state.jobs[job_id])
+            try:
+                self._launch(self.state.jobs[job_id])
+            except (ValueError, RayActorError, ray.exceptions.RaySystemError) as exc:
+                # no worker could be made: the job gives its token back and is requeued (or fails)
+                log.warning("could not start a worker for job %s: %s", job_id, exc)
+                await self._append(
+                    core.plan_worker_died(self.state, job_id, reason=f"worker start failed: {exc}")
+                )
 
     def _launch(self, rec: core.JobRecord) -> None:
         from cvops.actors.jobs import JobWorker
 
         worker = JobWorker.options(  # type: ignore[attr-defined]
-            name=f"cvops-job-{rec.id}", namespace=NAMESPACE, num_gpus=self._gpu_share(rec.kind)
+            name=f"cvops-job-{rec.id}-{rec.attempt}", namespace=NAMESPACE, num_gpus=self._gpu_share(rec.kind)
         ).remote(self.settings)
         self.workers[rec.id] = worker
         ref = worker.run.remote(
@@ -130,8 +137,16 @@ class _SchedulerActor:
         finally:
             self.workers.pop(job_id, None)
             self.tasks.pop(job_id, None)
-        if self.stopping:
-            return  # shutdown: the next start's recovery interrupts and requeues the job
+        try:
+            if not self.stopping:  # at shutdown the next start's recovery interrupts and requeues the job
+                await self._record_end(job_id, died, outcome)
+        finally:
+            try:
+                ray.kill(worker, no_restart=True)
+            except (RayActorError, ValueError) as exc:
+                log.debug("worker already gone: %s", exc)
+
+    async def _record_end(self, job_id: str, died: str | None, outcome: dict[str, Any]) -> None:
         async with self.lock:
             await self._sync()
             rec = self.state.jobs.get(job_id)
@@ -152,12 +167,12 @@ class _SchedulerActor:
                     details=outcome.get("details"),
                     by=self.cancelling.pop(job_id, ""),
                 )
-            await self._append(events)
+            try:
+                await self._append(events)
+            except CvopsError as exc:  # e.g. the log is shutting down; recovery at the next start fixes it
+                log.warning("end of job %s not recorded: %s", job_id, exc)
+                return
             await self._dispatch()
-        try:
-            ray.kill(worker, no_restart=True)
-        except (RayActorError, ValueError) as exc:
-            log.debug("worker already gone: %s", exc)
 
     # ------------------------------------------------------------------------------------ commands
     async def submit(
@@ -174,6 +189,19 @@ class _SchedulerActor:
             jid = job_id or uuid.uuid4().hex[:16]
             if job_id is not None and jid in self.state.jobs:  # idempotent for deterministic child ids
                 return core.job_view(self.state.jobs[jid])
+            if kind == "evolve":  # each evolution holds a token: one must always stay free for trials
+                active = [
+                    r.id
+                    for r in self.state.jobs.values()
+                    if r.kind == "evolve" and r.status in ("queued", "running", "interrupted")
+                ]
+                limit = self.settings.gpu_tokens - 1
+                if len(active) >= limit:
+                    raise Conflict(
+                        f"{len(active)} evolution(s) active; with {self.settings.gpu_tokens} GPU tokens at most "
+                        f"{max(0, limit)} at once",
+                        {"active": active},
+                    )
             await self._append(
                 core.plan_submit(
                     self.state,
@@ -203,7 +231,10 @@ class _SchedulerActor:
                 self.cancelling[job_id] = by
                 worker = self.workers.get(job_id)
                 if worker is not None:
-                    await worker.cancel.remote()
+                    try:
+                        await worker.cancel.remote()
+                    except RayActorError as exc:  # already dead: its watcher records the end
+                        log.info("cancel of %s: worker gone: %s", job_id, exc)
                 return core.job_view(rec)
             await self._append(core.plan_finish(self.state, job_id, "cancelled", by=by))
             return core.job_view(self.state.jobs[job_id])

@@ -35,6 +35,7 @@ async def upload_dataset(request: web.Request) -> web.StreamResponse:
     registry = services.need("registry")
     settings = request.app[SETTINGS]
     who = principal(request)
+    wait = query_bool(request, "wait")  # a bad ?wait= is refused before anything is stored
     blobs = BlobStore(settings.blob_root)
     try:
         up = await read_multipart(request, blobs, settings.max_dataset_bytes)
@@ -54,10 +55,10 @@ async def upload_dataset(request: web.Request) -> web.StreamResponse:
         fields = {"name": name, "task": task, "format": fmt, "sha256": up.blob.sha256, "bytes": up.blob.bytes}
         record = await registry.register_dataset(fields, who.username)
     except Exception as exc:
-        blobs.delete(up.blob.sha256)
+        await registry.release_blob(up.blob.sha256)  # unless another record uses the same bytes
         await record_rejection(services.need("store"), "dataset", exc, who.username)
         raise
-    if query_bool(request, "wait"):
+    if wait:
         record = await registry.wait_dataset(record["id"], WAIT_S)
         if record["status"] == "failed":
             return json_response(

@@ -116,9 +116,10 @@ async def predict(request: web.Request) -> web.StreamResponse:
         status = str(exc.status)
         raise
     finally:
-        metrics.inference_requests.labels(dep_id, status).inc()
-        metrics.inference_latency.labels(dep_id).observe(time.perf_counter() - start)
         router = pool.router_of(dep_id)
+        label = dep_id if router is not None else "unknown"  # no series per made-up id
+        metrics.inference_requests.labels(label, status).inc()
+        metrics.inference_latency.labels(label).observe(time.perf_counter() - start)
         if router is not None:
             metrics.inference_queue.labels(dep_id).set(router.queued + router.inflight)
 

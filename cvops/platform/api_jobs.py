@@ -7,7 +7,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from cvops.errors import BadRequest, Conflict, Forbidden, NotFound, UnsupportedMediaType, ValidationFailed
+from cvops.errors import BadRequest, Forbidden, NotFound, UnsupportedMediaType, ValidationFailed
 from cvops.events.scheduling import job_stream
 from cvops.platform.bodies import json_response, read_body
 from cvops.platform.context import principal
@@ -60,17 +60,6 @@ async def submit_job(request: web.Request) -> web.StreamResponse:
         if tokens < 2:
             raise ValidationFailed(
                 "evolve needs CVOPS_GPU_TOKENS >= 2 (the evolution holds one token, its trials another)"
-            )
-        scheduler = request.app[SERVICES].need("scheduler")
-        active = [
-            j
-            for j in await scheduler.list_jobs("evolve")
-            if j["status"] in ("queued", "running", "interrupted")
-        ]
-        if len(active) >= tokens - 1:  # each evolution holds a token; one must stay free for trials
-            raise Conflict(
-                f"{len(active)} evolution(s) already active; with {tokens} GPU tokens at most {tokens - 1} at once",
-                {"active": [j["id"] for j in active]},
             )
     services = request.app[SERVICES]
     if kind == "train" and who.role != "admin" and not is_default(spec.get("hyperparameters") or {}):
@@ -135,7 +124,9 @@ async def job_report(request: web.Request) -> web.StreamResponse:
     store = services.need("store")
     measured: dict[str, Any] | None = None
     selection: dict[str, Any] | None = None
-    for env in await store.read(after=0, limit=1000, stream=job_stream(job["id"])):
+    for env in await store.read(
+        after=0, limit=1000, stream=job_stream(job["id"]), types=["BenchmarkMeasured", "EngineSelected"]
+    ):
         if env.type == "BenchmarkMeasured":
             measured = msgspec.to_builtins(env.event())
         elif env.type == "EngineSelected":

@@ -88,6 +88,7 @@ async def upload_model(request: web.Request) -> web.StreamResponse:
     registry = services.need("registry")
     settings = request.app[SETTINGS]
     who = principal(request)
+    query_bool(request, "wait")  # a bad ?wait= is refused before anything is stored
     blobs = _blobs(request)
     try:
         up = await read_multipart(request, blobs, settings.max_model_bytes)
@@ -118,7 +119,7 @@ async def upload_model(request: web.Request) -> web.StreamResponse:
             "num_classes": len(labels) or None,
         }
     except Exception as exc:
-        blobs.delete(up.blob.sha256)
+        await registry.release_blob(up.blob.sha256)  # unless another record uses the same bytes
         await record_rejection(services.need("store"), "model", exc, who.username)
         raise
     record = await registry.register(fields, who.username)
@@ -146,6 +147,7 @@ async def _reply(request: web.Request, record: dict[str, Any]) -> web.StreamResp
 async def create_preset(request: web.Request) -> web.StreamResponse:
     from cvops.ml.presets import PRESETS, SPECS
 
+    query_bool(request, "wait")  # a bad ?wait= is refused before anything is recorded
     body = await read_json(request, PresetRequest, request.app[SETTINGS].max_json_bytes)
     spec = SPECS.get(body.preset)
     if spec is None:

@@ -44,14 +44,17 @@ _STATE_KEY = "packages"
 async def _state(request: web.Request) -> PackagesState:
     services = request.app[SERVICES]
     store = services.need("store")
-    holder = services.extra.setdefault(_STATE_KEY, {"state": PackagesState(), "pos": 0})
-    while True:
-        envs = await store.read(after=holder["pos"], limit=5000, prefix="package-")
-        if not envs:
-            return holder["state"]  # type: ignore[no-any-return]
-        for env in envs:
-            apply_packages(holder["state"], env)
-        holder["pos"] = envs[-1].seq
+    holder = services.extra.setdefault(
+        _STATE_KEY, {"state": PackagesState(), "pos": 0, "lock": asyncio.Lock()}
+    )
+    async with holder["lock"]:  # concurrent catch-ups must not re-apply events or move pos back
+        while True:
+            envs = await store.read(after=holder["pos"], limit=5000, prefix="package-")
+            if not envs:
+                return holder["state"]  # type: ignore[no-any-return]
+            for env in envs:
+                apply_packages(holder["state"], env)
+            holder["pos"] = envs[-1].seq
 
 
 def _build(blobs: BlobStore, model: dict[str, Any], engine: str) -> tuple[Any, dict[str, str]]:

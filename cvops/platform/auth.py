@@ -153,6 +153,7 @@ class Authenticator:
         self.state = UsersState()
         self._pos = 0
         self._lock = asyncio.Lock()
+        self._commands = asyncio.Lock()
         self.throttle = LoginThrottle(settings.login_max_failures, settings.login_window_s)
         self._dummy_hash = hash_password(secrets.token_hex(8))
 
@@ -250,6 +251,25 @@ class Authenticator:
         return sum(1 for u in self.state.users.values() if u.role == "admin" and not u.disabled)
 
     async def create(self, name: str, password: str, role: str, by: str) -> UserRecord:
+        async with self._commands:  # check + append as one step (unique names, the last admin)
+            return await self._create(name, password, role, by)
+
+    async def update(
+        self,
+        name: str,
+        by: Principal,
+        role: str | None = None,
+        password: str | None = None,
+        disabled: bool | None = None,
+    ) -> UserRecord:
+        async with self._commands:
+            return await self._update(name, by, role, password, disabled)
+
+    async def delete(self, name: str, by: Principal) -> None:
+        async with self._commands:
+            await self._delete(name, by)
+
+    async def _create(self, name: str, password: str, role: str, by: str) -> UserRecord:
         check_username(name)
         check_role(role)
         check_password(password)
@@ -268,7 +288,7 @@ class Authenticator:
             raise Conflict(f"user {name!r} already exists", {"username": name}) from exc
         return self.get(name)
 
-    async def update(
+    async def _update(
         self,
         name: str,
         by: Principal,
@@ -300,7 +320,7 @@ class Authenticator:
             await self._append(name, events, await self._version(name), by.username)
         return self.get(name)
 
-    async def delete(self, name: str, by: Principal) -> None:
+    async def _delete(self, name: str, by: Principal) -> None:
         await self.catch_up()
         user = self.get(name)
         if user.role == "admin" and not user.disabled and self._active_admins() <= 1:
