@@ -71,6 +71,25 @@ def tree_memory_mb(pid: int) -> tuple[float, float, int]:
     return rss / 2**20, pss / 2**20, n
 
 
+def per_process_rss_mb(pid: int) -> dict[str, float]:
+    """RSS (MiB) of each process of the tree, keyed by ``pid name``."""
+    import psutil
+
+    out: dict[str, float] = {}
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return out
+    for p in procs:
+        try:
+            name = " ".join(p.cmdline()[:3])[-60:] if p.name().startswith("python") else p.name()
+            out[f"{p.pid} {name}"] = p.memory_info().rss / 2**20
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--minutes", type=float, default=10.0)
@@ -86,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     jpeg = photo_jpeg()
     total_s = args.minutes * 60.0
     samples: list[Sample] = []
+    by_proc: dict[str, float] = {}
+    by_proc_end: dict[str, float] = {}
     statuses: Counter[str] = Counter()
     requests = 0
     with tempfile.TemporaryDirectory(prefix="soak-") as td:
@@ -115,12 +136,15 @@ def main(argv: list[str] | None = None) -> int:
                     res.requests - res.status_counts.get("200", 0),
                 )
                 samples.append(s)
+                if not by_proc and s.t >= args.warmup_s:
+                    by_proc = per_process_rss_mb(pid)
                 print(
                     f"t={s.t:6.0f} s  {s.rps:6.1f} req/s  p99 {s.p99_ms:7.1f} ms  bad {s.bad:4d}  "
                     f"RSS {s.rss_mb:7.0f} MiB  PSS {s.pss_mb:7.0f} MiB  procs {s.procs}",
                     flush=True,
                 )
             router = cv.router()
+            by_proc_end = per_process_rss_mb(pid)
         finally:
             cv.stop()
     after = [s for s in samples if s.t >= args.warmup_s]
@@ -149,6 +173,10 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"p99 per chunk     {min(s.p99_ms for s in samples):.0f} .. {max(s.p99_ms for s in samples):.0f} ms"
     )
+    growth = sorted(((by_proc_end[k] - v, k) for k, v in by_proc.items() if k in by_proc_end), reverse=True)
+    print("RSS growth by process (MiB, after warm-up -> end):")
+    for d, k in growth[:6]:
+        print(f"  {d:+7.1f}  {by_proc[k]:7.0f} -> {by_proc_end[k]:7.0f}  {k}")
     print("PASS" if ok else "FAIL")
     return 0 if ok else 1
 
