@@ -22,6 +22,9 @@
 3. Prints one line per side (throughput, p50/p95/p99) and the ratios against the goals:
    cvops >= 1.5x Ray Serve's throughput with p99 <= Ray Serve's (small models), cvops >= 0.9x raw
    (compute-bound models).  With ``--rounds`` > 1 the sides alternate order and medians are printed.
+   Each line also carries the CPU time per answered request (the server's whole process tree, or the
+   raw loop's process): on a machine shared with other work, throughput follows the CPU share each
+   side happened to get, while CPU per request does not, so the CPU ratios are printed too.
 """
 
 from __future__ import annotations
