@@ -12,38 +12,12 @@ import torch
 
 from cvops.errors import EngineUnavailable, ValidationFailed
 from cvops.ml.engines import ENGINE_NAMES, NO_TORCH_SOURCE, get_engine, list_engines, to_float32_outputs
-
-
-class TinyCNN(torch.nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
-        self.fc = torch.nn.Linear(8, 5)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(torch.relu(self.conv(x)).mean(dim=(2, 3)))
-
-
-def make_tiny() -> torch.nn.Module:
-    torch.manual_seed(0)
-    return TinyCNN().eval()
+from tests.unit.tiny_models import export_tiny, make_tiny
 
 
 @pytest.fixture(scope="module")
 def tiny_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("tiny") / "tiny.onnx"
-    torch.set_num_threads(1)
-    torch.onnx.export(
-        make_tiny(),
-        (torch.randn(1, 3, 16, 16),),
-        str(path),
-        input_names=["input"],
-        output_names=["logits"],
-        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-        dynamo=False,
-        opset_version=17,
-    )
-    return path
+    return export_tiny(tmp_path_factory.mktemp("tiny") / "tiny.onnx")
 
 
 def batch(n: int) -> np.ndarray:

@@ -7,7 +7,6 @@ from typing import Any
 
 import msgspec
 import pytest
-import torch
 
 from cvops.bench import BenchmarkConfig, BenchmarkResult, run_benchmark
 from cvops.errors import ValidationFailed
@@ -15,38 +14,12 @@ from cvops.events.schema import BenchmarkMeasured, decode_event, encode_event
 from cvops.ml import engines as engines_mod
 from cvops.ml.engines import ENGINE_NAMES, NO_TORCH_SOURCE
 from cvops.selection import select
-
-
-class TinyCNN(torch.nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
-        self.fc = torch.nn.Linear(8, 5)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(torch.relu(self.conv(x)).mean(dim=(2, 3)))
-
-
-def make_tiny() -> torch.nn.Module:
-    torch.manual_seed(0)
-    return TinyCNN().eval()
+from tests.unit.tiny_models import export_tiny, make_tiny
 
 
 @pytest.fixture(scope="module")
 def tiny_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("tinyrun") / "tiny.onnx"
-    torch.set_num_threads(1)
-    torch.onnx.export(
-        make_tiny(),
-        (torch.randn(1, 3, 16, 16),),
-        str(path),
-        input_names=["input"],
-        output_names=["logits"],
-        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-        dynamo=False,
-        opset_version=17,
-    )
-    return path
+    return export_tiny(tmp_path_factory.mktemp("tinyrun") / "tiny.onnx")
 
 
 CFG = BenchmarkConfig(warmup=2, iterations=5, batch_sizes=[1, 4], threads=1)
