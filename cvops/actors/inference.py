@@ -263,45 +263,27 @@ class InferencePool:
         engine = await self._resolve_engine(model, engine)
         n = workers or default_workers(self.settings)
         dep_id = uuid.uuid4().hex[:16]
+        event = DeploymentCreated(
+            deployment_id=dep_id,
+            model_id=model_id,
+            engine=engine,
+            workers=n,
+            max_batch=max_batch,
+            max_wait_ms=max_wait_ms,
+            created_by=user,
+        )
+        fields = ("model_id", "engine", "workers", "max_batch", "max_wait_ms", "created_by")
+        rec = proj.DeploymentRecord(id=dep_id, **{f: getattr(event, f) for f in fields})
         async with self.lock:
-            rec = proj.DeploymentRecord(
-                id=dep_id,
-                model_id=model_id,
-                engine=engine,
-                workers=n,
-                max_batch=max_batch,
-                max_wait_ms=max_wait_ms,
-                created_by=user,
-            )
             dep = await self._bring_up(rec)  # fails before anything is recorded if the engine cannot load
             try:
-                await self._record_created(dep_id, model_id, engine, n, max_batch, max_wait_ms, user)
+                await self.store.append(deployment_stream(dep_id), [event], 0, user=user)
             except BaseException:
                 self.live.pop(dep_id, None)  # not in the log: it must not serve
                 await self._tear_down(dep)
                 raise
             await self._sync()
         return self.view(dep_id)
-
-    async def _record_created(
-        self, dep_id: str, model_id: str, engine: str, n: int, max_batch: int, max_wait_ms: float, user: str
-    ) -> None:
-        await self.store.append(
-            deployment_stream(dep_id),
-            [
-                DeploymentCreated(
-                    deployment_id=dep_id,
-                    model_id=model_id,
-                    engine=engine,
-                    workers=n,
-                    max_batch=max_batch,
-                    max_wait_ms=max_wait_ms,
-                    created_by=user,
-                )
-            ],
-            0,
-            user=user,
-        )
 
     def view(self, dep_id: str) -> dict[str, Any]:
         import msgspec
