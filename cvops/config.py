@@ -62,6 +62,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     job_queue_limit: int = 1000
     max_json_bytes: int = 1024 * 1024
     max_predict_bytes: int = 64 * 1024 * 1024
+    # admission (DESIGN.md §5): bodies held per deployment, unfinished jobs and stored upload bytes per user
+    max_predict_inflight_bytes: int = 256 * 1024 * 1024
+    max_queued_jobs_per_user: int = 20
+    max_stored_bytes_per_user: int = 50 * GIB
     login_max_failures: int = 5
     login_window_s: float = 60.0
     ray_address: str | None = None
@@ -105,6 +109,9 @@ _ENV: dict[str, tuple[str, type]] = {
     "CVOPS_GPU_MEMORY_MB": ("gpu_memory_mb", int),
     "CVOPS_JOB_QUEUE_LIMIT": ("job_queue_limit", int),
     "CVOPS_MAX_PREDICT_BYTES": ("max_predict_bytes", parse_size),  # type: ignore[dict-item]
+    "CVOPS_MAX_PREDICT_INFLIGHT_BYTES": ("max_predict_inflight_bytes", parse_size),  # type: ignore[dict-item]
+    "CVOPS_MAX_QUEUED_JOBS_PER_USER": ("max_queued_jobs_per_user", int),
+    "CVOPS_MAX_STORED_BYTES_PER_USER": ("max_stored_bytes_per_user", parse_size),  # type: ignore[dict-item]
     "CVOPS_LOGIN_MAX_FAILURES": ("login_max_failures", int),
     "CVOPS_LOGIN_WINDOW_S": ("login_window_s", float),
     "RAY_ADDRESS": ("ray_address", str),
