@@ -4,7 +4,8 @@ Works directly on a data dir's ``events.db`` with no server: the file is opened 
 (``mode=ro``), so it also works while a running server holds the writer lock.
 
 Subcommands: ``list``, ``tail [-f]``, ``stats``, ``rebuild [--until SEQ]``, ``verify``,
-``export --format parquet|csv --out FILE``.
+``export --format parquet|csv --out FILE``.  Secrets in payloads (password hashes) are shown as ``***``,
+as the API shows them, unless ``--unredacted`` is given.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from cvops.events.log import iter_envelopes, open_readonly
 from cvops.events.schema import Envelope
 
 _JSON = msgspec.json.Encoder()
+REDACTED_KEYS = frozenset({"password_hash"})
+MASK = "***"
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -50,23 +53,33 @@ def iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def payload_obj(env: Envelope) -> Any:
-    """The event payload as plain data without its tag (schema-free, so unknown and old types show)."""
+def redact(obj: Any) -> Any:
+    """``obj`` with the value of every :data:`REDACTED_KEYS` key, at any depth, replaced by ``***``."""
+    if isinstance(obj, dict):
+        return {k: (MASK if k in REDACTED_KEYS and v else redact(v)) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [redact(v) for v in obj]
+    return obj
+
+
+def payload_obj(env: Envelope, unredacted: bool = False) -> Any:
+    """The event payload as plain data without its tag (schema-free, so unknown and old types show);
+    password hashes are masked unless ``unredacted``."""
     try:
         obj = msgspec.msgpack.decode(env.data)
     except msgspec.DecodeError:
         return {"_undecodable": env.data.hex()}
     if isinstance(obj, dict):
         obj.pop("type", None)
-    return obj
+    return obj if unredacted else redact(obj)
 
 
-def payload_json(env: Envelope) -> str:
+def payload_json(env: Envelope, unredacted: bool = False) -> str:
     """:func:`payload_obj` as JSON text."""
-    return _JSON.encode(payload_obj(env)).decode()
+    return _JSON.encode(payload_obj(env, unredacted)).decode()
 
 
-def envelope_dict(env: Envelope) -> dict[str, Any]:
+def envelope_dict(env: Envelope, unredacted: bool = False) -> dict[str, Any]:
     return {
         "seq": env.seq,
         "stream": env.stream,
@@ -77,7 +90,7 @@ def envelope_dict(env: Envelope) -> dict[str, Any]:
         "user": env.user,
         "correlation_id": env.correlation_id,
         "causation_id": env.causation_id,
-        "data": payload_obj(env),
+        "data": payload_obj(env, unredacted),
     }
 
 
@@ -150,6 +163,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     filters.add_argument("--since", help="only events at/after this ISO time (naive = UTC) or epoch")
     filters.add_argument("--until", help="only events at/before this ISO time (naive = UTC) or epoch")
 
+    secrets = argparse.ArgumentParser(add_help=False)
+    secrets.add_argument(
+        "--unredacted", action="store_true", help="show password hashes (masked as *** by default)"
+    )
+
     p = subparsers.add_parser(
         "replay", help="inspect, verify, rebuild and export the event log", parents=[location(None)]
     )
@@ -157,11 +175,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     sub = p.add_subparsers(dest="replay_cmd", metavar="{list,tail,stats,rebuild,verify,export}")
     sub.required = True
 
-    ls = sub.add_parser("list", help="list events", parents=[common, filters])
+    ls = sub.add_parser("list", help="list events", parents=[common, filters, secrets])
     ls.add_argument("--limit", type=int, default=None, help="at most this many events")
     ls.add_argument("--json", action="store_true", help="JSON lines")
 
-    tl = sub.add_parser("tail", help="the last events; -f follows the live log", parents=[common])
+    tl = sub.add_parser("tail", help="the last events; -f follows the live log", parents=[common, secrets])
     tl.add_argument("-n", "--lines", type=int, default=10)
     tl.add_argument("-f", "--follow", action="store_true")
     tl.add_argument("--stream", help="stream name prefix")
@@ -184,7 +202,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     )
     vf.add_argument("--tokens", type=int, default=None, help="GPU tokens (default: CVOPS_GPU_TOKENS)")
 
-    ex = sub.add_parser("export", help="export to Parquet or CSV with polars", parents=[common, filters])
+    ex = sub.add_parser(
+        "export", help="export to Parquet or CSV with polars", parents=[common, filters, secrets]
+    )
     ex.add_argument("--format", choices=["parquet", "csv"], default=None, help="default: from --out suffix")
     ex.add_argument("--out", required=True, help="output file")
 
@@ -225,13 +245,31 @@ def _filters(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def _where_hint(args: argparse.Namespace) -> str:
+    if getattr(args, "db", None):
+        return "give --db the path of an events.db"
+    return (
+        "run this in the folder that holds .cvops, or point it at the server's data dir with "
+        "--data-dir DIR or CVOPS_DATA_DIR=DIR (or at a file with --db FILE)"
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     """Run one ``cvops replay`` subcommand; returns the exit status."""
     out = _Out()
     try:
-        conn = open_readonly(_db_path(args))
+        path = _db_path(args)
+        if not path.is_file():
+            what = "is not a file" if path.exists() else "does not exist"
+            sys.stderr.write(f"error: no event log at {path.absolute()} ({what}); {_where_hint(args)}\n")
+            return 2
+        conn = open_readonly(path)
     except CvopsError as exc:
         sys.stderr.write(f"error: {exc.message}\n")
+        return 2
+    except (OSError, sqlite3.Error) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        sys.stderr.write(f"error: cannot open the event log: {reason}; {_where_hint(args)}\n")
         return 2
     try:
         handler = _HANDLERS[args.replay_cmd]
@@ -247,22 +285,23 @@ def run(args: argparse.Namespace) -> int:
         out.flush()
 
 
-def _line(env: Envelope) -> str:
+def _line(env: Envelope, unredacted: bool = False) -> str:
     extra = f" user={env.user}" if env.user else ""
     if env.correlation_id:
         extra += f" corr={env.correlation_id}"
     return (
-        f"{env.seq:>8}  {iso(env.ts)}  {env.stream}@{env.version}  {env.type}{extra}  {payload_json(env)}\n"
+        f"{env.seq:>8}  {iso(env.ts)}  {env.stream}@{env.version}  {env.type}{extra}  "
+        f"{payload_json(env, unredacted)}\n"
     )
 
 
-def _emit(envs: Iterable[Envelope], as_json: bool, out: _Out) -> int:
+def _emit(envs: Iterable[Envelope], as_json: bool, out: _Out, unredacted: bool = False) -> int:
     n = 0
     for env in envs:
         if as_json:
-            out.write(_JSON.encode(envelope_dict(env)).decode() + "\n")
+            out.write(_JSON.encode(envelope_dict(env, unredacted)).decode() + "\n")
         else:
-            out.write(_line(env))
+            out.write(_line(env, unredacted))
         n += 1
         if out.broken:
             break
@@ -272,7 +311,7 @@ def _emit(envs: Iterable[Envelope], as_json: bool, out: _Out) -> int:
 def cmd_list(conn: sqlite3.Connection, args: argparse.Namespace, out: _Out) -> int:
     if args.limit is not None and args.limit < 0:
         raise ValidationFailed("--limit must be >= 0")
-    _emit(iter_envelopes(conn, limit=args.limit, **_filters(args)), args.json, out)
+    _emit(iter_envelopes(conn, limit=args.limit, **_filters(args)), args.json, out, args.unredacted)
     return 0
 
 
@@ -289,7 +328,7 @@ def cmd_tail(conn: sqlite3.Connection, args: argparse.Namespace, out: _Out) -> i
         sql, params = build_query(limit=None, until_seq=head, **filt)
         sql = sql.replace("ORDER BY seq", "ORDER BY seq DESC LIMIT ?")
         last = rows_to_envelopes(conn.execute(sql, [*params, args.lines]).fetchall())[::-1]
-    _emit(last, args.json, out)
+    _emit(last, args.json, out, args.unredacted)
     out.flush()
     if not args.follow:
         return 0
@@ -300,7 +339,12 @@ def cmd_tail(conn: sqlite3.Connection, args: argparse.Namespace, out: _Out) -> i
             # scan everything committed up to the current head, so filtered-out seqs are not re-read
             new_head = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
             if new_head > cursor:
-                _emit(iter_envelopes(conn, after=cursor, until_seq=new_head, **filt), args.json, out)
+                _emit(
+                    iter_envelopes(conn, after=cursor, until_seq=new_head, **filt),
+                    args.json,
+                    out,
+                    args.unredacted,
+                )
                 out.flush()
                 cursor = new_head
                 continue
@@ -423,7 +467,7 @@ def cmd_export(conn: sqlite3.Connection, args: argparse.Namespace, out: _Out) ->
         cols["user"].append(env.user)
         cols["correlation_id"].append(env.correlation_id)
         cols["causation_id"].append(env.causation_id)
-        cols["data"].append(payload_json(env))
+        cols["data"].append(payload_json(env, args.unredacted))
     schema = {
         "seq": pl.Int64,
         "stream": pl.Utf8,

@@ -30,8 +30,10 @@ def fold(apply: Callable[[S, s.Envelope], S], state: S, envelopes: Iterable[s.En
 
 
 def state_hash(obj: Any) -> str:
-    """sha256 hex of the deterministic msgpack encoding of ``obj`` (stable across runs and processes)."""
-    builtins = msgspec.to_builtins(obj)
+    """sha256 hex of the deterministic msgpack encoding of ``obj`` (stable across runs and processes).
+    Non-str dict keys (the scheduler's ``holders: dict[int, str]``) are hashed as their str form: the
+    deterministic encoding can only order str keys."""
+    builtins = msgspec.to_builtins(obj, str_keys=True)
     return hashlib.sha256(msgspec.msgpack.encode(builtins, order="deterministic")).hexdigest()
 
 

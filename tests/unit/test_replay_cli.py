@@ -255,3 +255,102 @@ async def test_cli_subprocess_verify(data_dir: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "ok: 13 events"
+
+
+# a real argon2 hash (of "correct-horse-battery-1"), as the server writes it
+ARGON2 = "$argon2id$v=19$m=19456,t=2,p=1$9dqrDvCgPr6rqqMuT0VWxw$8f8Yfm1H0N9ZVpJBmNn8xDNvd3DZ0KGY8xg4yT0JWzA"
+
+
+async def test_password_hashes_are_redacted_unless_asked(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async with await EventLog.open(tmp_path / "events.db") as log:
+        await log.append("user-ann", [s.UserCreated(username="ann", role="admin", password_hash=ARGON2)], 0)
+        await log.append("user-ann", [s.PasswordChanged(username="ann", password_hash=ARGON2 + "x")], 1)
+    d = str(tmp_path)
+    shown = []
+    for argv in (["list"], ["list", "--json"], ["tail", "-n", "5"], ["tail", "--json"]):
+        rc, out, err = run([*argv, "--data-dir", d], capsys)
+        assert rc == 0, err
+        assert "$argon2" not in out and out.count('"password_hash":"***"') == 2, out
+        shown.append(out)
+    assert '"username":"ann"' in shown[0]  # the rest of the payload is still there
+    for fmt in ("csv", "parquet"):
+        dest = tmp_path / f"events.{fmt}"
+        rc, _, err = run(["export", "--data-dir", d, "--out", str(dest)], capsys)
+        assert rc == 0, err
+        df = pl.read_csv(dest) if fmt == "csv" else pl.read_parquet(dest)
+        assert [json.loads(x)["password_hash"] for x in df["data"]] == ["***", "***"]
+    # the owner of the file can still see everything
+    rc, out, _ = run(["list", "--json", "--unredacted", "--data-dir", d], capsys)
+    assert [json.loads(x)["data"]["password_hash"] for x in out.splitlines()] == [ARGON2, ARGON2 + "x"]
+    rc, _, _ = run(["export", "--unredacted", "--data-dir", d, "--out", str(tmp_path / "all.csv")], capsys)
+    assert json.loads(pl.read_csv(tmp_path / "all.csv")["data"][0])["password_hash"] == ARGON2
+
+
+async def test_rebuild_while_a_job_holds_a_gpu_token(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cvops.events.log import iter_envelopes, open_readonly
+    from cvops.events.projections import rebuild, state_hash
+    from cvops.events.scheduling import SCHEDULER_STREAM
+
+    async with await EventLog.open(tmp_path / "events.db") as log:
+        await log.append(
+            SCHEDULER_STREAM,
+            [
+                s.JobSubmitted(job_id="j1", kind="train", spec={}),
+                s.JobQueued(job_id="j1"),
+                s.JobSubmitted(job_id="j2", kind="benchmark", spec={}),
+                s.JobQueued(job_id="j2"),
+                s.GpuTokenGranted(token=1, job_id="j1"),
+                s.JobStarted(job_id="j1", token=1, device="cpu"),
+                s.GpuTokenGranted(token=0, job_id="j2"),
+                s.JobStarted(job_id="j2", token=0, device="cpu"),
+            ],
+            0,
+        )
+    d = str(tmp_path)
+    rc, out, err = run(["rebuild", "--data-dir", d, "--tokens", "2", "--json"], capsys)
+    assert rc == 0, err
+    first = json.loads(out)
+    assert first["jobs"] == 2 and len(first["state_hash"]) == 64
+    rc, out, _ = run(["rebuild", "--data-dir", d, "--tokens", "2"], capsys)
+    assert rc == 0 and f"state hash: {first['state_hash']}" in out  # the same hash on every run
+    conn = open_readonly(tmp_path / "events.db")
+    try:
+        state = rebuild(iter_envelopes(conn), tokens=2)
+    finally:
+        conn.close()
+    assert state.jobs.holders == {1: "j1", 0: "j2"}
+    assert state_hash(state) == first["state_hash"]  # the tool and an in-process fold agree
+    rc, out, _ = run(["verify", "--data-dir", d, "--tokens", "2"], capsys)
+    assert rc == 0 and out.startswith("ok:")
+
+
+def test_replay_outside_the_project_folder_says_how_to_find_the_log(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "CVOPS_DATA_DIR"}
+    env["PYTHONPATH"] = str(ROOT)
+    for argv in (["list"], ["rebuild"], ["--data-dir", str(tmp_path / "nowhere"), "stats"]):
+        proc = subprocess.run(
+            [sys.executable, "-m", "cvops", "replay", *argv],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        assert proc.returncode == 2, proc.stderr
+        assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        assert "no event log at" in proc.stderr
+        assert "--data-dir" in proc.stderr and "CVOPS_DATA_DIR" in proc.stderr, proc.stderr
+    # a data dir whose events.db is not a readable file: still one line, never a traceback
+    (tmp_path / ".cvops" / "events.db").mkdir(parents=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "cvops", "replay", "rebuild"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "CVOPS_DATA_DIR" in proc.stderr
