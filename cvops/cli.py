@@ -95,14 +95,40 @@ def _cmd_tui(args: argparse.Namespace) -> int:
 
 
 def _cmd_package_verify(args: argparse.Namespace) -> int:
-    from cvops.packaging import verify_package
+    """Exit 0: verifies; 1: the package does not; 2: the key cannot be used."""
+    from pathlib import Path
 
-    problems = verify_package(args.path)
+    from cvops.errors import CvopsError
+    from cvops.packaging import key_id, load_public_key, verify_package
+
+    key = None
+    if args.key is not None:
+        if "://" in args.key:  # a key fetched next to the package proves little: pin it in a file
+            _out(
+                "FAIL --key takes a file; save the server's key once "
+                "(GET /api/v1/packages/public-key) and pass that file"
+            )
+            return 2
+        try:
+            key = load_public_key(Path(args.key).read_bytes())
+        except OSError as exc:
+            _out(f"FAIL cannot read key file {args.key}: {exc.strerror or exc}")
+            return 2
+        except CvopsError as exc:
+            _out(f"FAIL {args.key}: {exc.message}")
+            return 2
+    problems = verify_package(args.path, key)
     if problems:
         for p in problems:
             _out(f"FAIL {p}")
         return 1
-    _out(f"ok: {args.path} verifies")
+    if key is None:
+        _out(
+            f"ok: {args.path}: checksums verify; signature NOT checked "
+            "(pass --key with the server's public key to check who built it)"
+        )
+    else:
+        _out(f"ok: {args.path} verifies: checksums and Ed25519 signature by key {key_id(key)}")
     return 0
 
 
@@ -126,8 +152,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     pkg = sub.add_parser("package", help="deployment packages")
     pkg_sub = pkg.add_subparsers(dest="package_command", required=True)
-    verify = pkg_sub.add_parser("verify", help="check a package's sha256 manifest")
+    verify = pkg_sub.add_parser(
+        "verify", help="check a package's checksums and (with --key) its Ed25519 signature"
+    )
     verify.add_argument("path")
+    verify.add_argument(
+        "--key",
+        default=None,
+        metavar="KEYFILE",
+        help="the server's public key (the JSON of GET /api/v1/packages/public-key, or its PEM): the "
+        "signature must be present and made by it; without --key only the checksums are checked",
+    )
     verify.set_defaults(func=_cmd_package_verify)
 
     try:

@@ -1,10 +1,11 @@
-"""Deployment packages: build (admin), list, download. Building (hashing, gzip) runs in an executor."""
+"""Deployment packages: build (admin), list, download, and the public half of the key that signs them.
+Building (hashing, gzip, signing) runs in an executor."""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 from aiohttp import web
@@ -13,11 +14,14 @@ from cvops.blobs import BlobStore
 from cvops.errors import NotFound, ValidationFailed
 from cvops.events.projections import PackagesState, apply_packages
 from cvops.events.schema import PackageBuilt
-from cvops.packaging import build_package, package_files
+from cvops.packaging import build_package, load_or_create_signing_key, package_files, public_key_info
 from cvops.platform.bodies import json_response, read_json
 from cvops.platform.context import principal
 from cvops.platform.keys import SERVICES, SETTINGS
-from cvops.platform.routes import ADMIN, Route
+from cvops.platform.routes import ADMIN, STAFF, Route
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 
 class PackageRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -38,7 +42,28 @@ class PackageList(msgspec.Struct):
     packages: list[dict[str, Any]]
 
 
+class PublicKeyOut(msgspec.Struct):
+    """The key packages are signed with; save it and pass it to ``cvops package verify --key``."""
+
+    algorithm: str  # "ed25519"
+    key_id: str  # sha256 of the 32 raw key bytes, hex
+    public_key: str  # base64 of the 32 raw key bytes
+    pem: str  # the same key as a SubjectPublicKeyInfo PEM
+
+
 _STATE_KEY = "packages"
+_SIGNING_KEY = "packages.signing_key"
+
+
+async def _signing_key(request: web.Request) -> Ed25519PrivateKey:
+    """The server's package signing key, made on first use in the data dir (mode 0600) and kept."""
+    extra = request.app[SERVICES].extra
+    key: Ed25519PrivateKey | None = extra.get(_SIGNING_KEY)
+    if key is None:
+        data_dir = request.app[SETTINGS].data_path
+        key = await asyncio.get_running_loop().run_in_executor(None, load_or_create_signing_key, data_dir)
+        key = extra.setdefault(_SIGNING_KEY, key)
+    return key
 
 
 async def _state(request: web.Request) -> PackagesState:
@@ -57,7 +82,9 @@ async def _state(request: web.Request) -> PackagesState:
             holder["pos"] = envs[-1].seq
 
 
-def _build(blobs: BlobStore, model: dict[str, Any], engine: str) -> tuple[Any, dict[str, str]]:
+def _build(
+    blobs: BlobStore, model: dict[str, Any], engine: str, key: Ed25519PrivateKey
+) -> tuple[Any, dict[str, str]]:
     files = package_files(model, engine, blobs.path)
     tmp = blobs.temp_path(".tar.gz")
     try:
@@ -81,7 +108,7 @@ def _build(blobs: BlobStore, model: dict[str, Any], engine: str) -> tuple[Any, d
                 )
             },
         }
-        manifest = build_package(tmp, files, meta)
+        manifest = build_package(tmp, files, meta, key)
         return blobs.put_file(tmp), manifest
     finally:
         tmp.unlink(missing_ok=True)
@@ -98,7 +125,10 @@ async def create_package(request: web.Request) -> web.StreamResponse:
     services = request.app[SERVICES]
     model = await services.need("registry").get(body.model_id)
     blobs = BlobStore(request.app[SETTINGS].blob_root)
-    ref, manifest = await asyncio.get_running_loop().run_in_executor(None, _build, blobs, model, body.engine)
+    key = await _signing_key(request)
+    ref, manifest = await asyncio.get_running_loop().run_in_executor(
+        None, _build, blobs, model, body.engine, key
+    )
     pkg_id = uuid.uuid4().hex[:16]
     event = PackageBuilt(
         package_id=pkg_id,
@@ -111,6 +141,10 @@ async def create_package(request: web.Request) -> web.StreamResponse:
     await services.need("store").append(f"package-{pkg_id}", [event], 0, user=principal(request).username)
     rec = (await _state(request)).packages[pkg_id]
     return json_response(msgspec.to_builtins(rec), status=201)
+
+
+async def public_key(request: web.Request) -> web.StreamResponse:
+    return json_response(msgspec.convert(public_key_info(await _signing_key(request)), PublicKeyOut))
 
 
 async def list_packages(request: web.Request) -> web.StreamResponse:
@@ -148,13 +182,23 @@ ROUTES = [
         "/packages",
         create_package,
         ADMIN,
-        "Build a checksummed package (tar.gz + sha256 manifest) of a ready model for an engine",
+        "Build a package (tar.gz + sha256 manifest signed with the server's Ed25519 key) of a ready model",
         body=PackageRequest,
         response=PackageOut,
         status=201,
         tag="packages",
     ),
     Route("GET", "/packages", list_packages, ADMIN, "List packages", response=PackageList, tag="packages"),
+    # before /packages/{id}, which would otherwise take "public-key" for a package id
+    Route(
+        "GET",
+        "/packages/public-key",
+        public_key,
+        STAFF,
+        "The Ed25519 public key packages are signed with (for `cvops package verify --key`)",
+        response=PublicKeyOut,
+        tag="packages",
+    ),
     Route(
         "GET", "/packages/{id}", get_package, ADMIN, "One package record", response=PackageOut, tag="packages"
     ),
@@ -163,7 +207,7 @@ ROUTES = [
         "/packages/{id}/download",
         download_package,
         ADMIN,
-        "Download a package (verify with `cvops package verify`)",
+        "Download a package (verify with `cvops package verify --key`)",
         response="binary",
         tag="packages",
     ),

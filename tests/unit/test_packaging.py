@@ -1,4 +1,4 @@
-"""Packages: deterministic archives whose sha256 manifest `cvops package verify` checks."""
+"""Packages: deterministic archives whose signed sha256 manifest `cvops package verify` checks."""
 
 from __future__ import annotations
 
@@ -10,9 +10,12 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from cvops.errors import ValidationFailed
 from cvops.packaging import ROOT, build_package, package_files, verify_package
+
+KEY = Ed25519PrivateKey.generate()
 
 
 def _files(tmp_path: Path) -> dict[str, Path]:
@@ -25,18 +28,19 @@ def _files(tmp_path: Path) -> dict[str, Path]:
 
 def test_build_verify_and_determinism(tmp_path: Path) -> None:
     files = _files(tmp_path)
-    m1 = build_package(tmp_path / "p1.tar.gz", files, {"engine": "torch-cpu", "model": {"id": "x"}})
-    m2 = build_package(tmp_path / "p2.tar.gz", files, {"engine": "torch-cpu", "model": {"id": "x"}})
+    m1 = build_package(tmp_path / "p1.tar.gz", files, {"engine": "torch-cpu", "model": {"id": "x"}}, KEY)
+    m2 = build_package(tmp_path / "p2.tar.gz", files, {"engine": "torch-cpu", "model": {"id": "x"}}, KEY)
     assert m1 == m2 and set(m1) == {"model.onnx", "weights.pt", "metadata.json"}
     assert (tmp_path / "p1.tar.gz").read_bytes() == (tmp_path / "p2.tar.gz").read_bytes()
     assert verify_package(tmp_path / "p1.tar.gz") == []
+    assert verify_package(tmp_path / "p1.tar.gz", KEY.public_key()) == []
     out = subprocess.run(
         [sys.executable, "-m", "cvops", "package", "verify", str(tmp_path / "p1.tar.gz")],
         capture_output=True,
         text=True,
         timeout=120,
     )
-    assert out.returncode == 0 and "verifies" in out.stdout
+    assert out.returncode == 0 and "checksums verify" in out.stdout and "NOT checked" in out.stdout
 
 
 def _rewrite(
@@ -64,14 +68,16 @@ def _rewrite(
 
 def test_tampering_is_caught(tmp_path: Path) -> None:
     good = tmp_path / "p.tar.gz"
-    build_package(good, _files(tmp_path), {"engine": "onnxruntime-cpu"})
-    cases = {
+    build_package(good, _files(tmp_path), {"engine": "onnxruntime-cpu"}, KEY)
+    cases: dict[str, tuple[dict[str, bytes | None], dict[str, bytes] | None, str]] = {
         "changed": ({"model.onnx": b"evil"}, None, "does not match"),
         "missing": ({"weights.pt": None}, None, "missing"),
         "unlisted": ({}, {f"{ROOT}/extra.bin": b"x"}, "not listed"),
         "escape": ({}, {"../../etc/evil": b"x"}, "unsafe"),
         "no manifest": ({"manifest.json": None}, None, "manifest.json is missing"),
         "bad manifest": ({"manifest.json": b"[]"}, None, "malformed"),
+        "bad sums": ({"SHA256SUMS": b"0" * 64 + b"  model.onnx\n"}, None, "SHA256SUMS does not match"),
+        "twice": ({}, {f"{ROOT}/model.onnx": b"evil"}, "more than once"),
     }
     for name, (change, extra, expected) in cases.items():
         bad = tmp_path / f"{name}.tar.gz"
