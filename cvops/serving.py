@@ -9,8 +9,10 @@ Ray actor handles in that).  One dispatcher task per router forms batches:
   under load batches grow in the queue instead of piling up inside workers;
 * the batch goes to the least-loaded live worker (fewest batches in flight; ties → round robin).
 
-Admission: queued + in-flight items never exceed ``queue_limit``; the excess is refused at once with
-:class:`~cvops.errors.TooManyRequests`.  Every request has a deadline ``timeout_s`` after submission
+Admission: queued + in-flight + admitted items never exceed ``queue_limit``; the excess is refused at
+once with :class:`~cvops.errors.TooManyRequests`.  A request takes its slot with :meth:`BatchingRouter.admit`
+*before* its body is read (DESIGN.md §5), holding the body's bytes against an optional per-deployment cap
+(:class:`Admission`), and passes the admission to :meth:`BatchingRouter.submit` once the body is in.  Every request has a deadline ``timeout_s`` after submission
 (:class:`~cvops.errors.GatewayTimeout`; an item not yet dispatched is dropped from the queue).  A batch
 whose worker raises :class:`WorkerDied` is retried once on another worker, then failed with
 :class:`~cvops.errors.Unavailable`.  Bookkeeping is O(1) per request and nothing logs per request.
@@ -102,6 +104,30 @@ class RouterStats(msgspec.Struct, frozen=True, kw_only=True):
     p50_ms: float
     p95_ms: float
     p99_ms: float
+
+
+class Admission:
+    """A queue slot, and the bytes of a body, taken before the body is read.
+
+    :meth:`hold` raises the bytes held as the body arrives (429 past the router's byte cap);
+    :meth:`BatchingRouter.submit` turns the slot into a queued item; :meth:`release` gives back whatever
+    is still held (idempotent: call it in a ``finally`` once the reply is known)."""
+
+    __slots__ = ("_router", "slot", "bytes", "max_bytes")
+
+    def __init__(self, router: BatchingRouter[Any, Any], nbytes: int, max_bytes: int | None) -> None:
+        self._router = router
+        self.slot = True  # an admitted item not yet queued
+        self.bytes = nbytes
+        self.max_bytes = max_bytes
+
+    def hold(self, nbytes: int) -> None:
+        """Hold at least ``nbytes`` for this body (429 when the deployment's bodies would pass the cap)."""
+        if nbytes > self.bytes:
+            self._router._hold(self, nbytes)
+
+    def release(self) -> None:
+        self._router._release(self)
 
 
 # ----------------------------------------------------------------------------------------- internals
@@ -197,6 +223,8 @@ class BatchingRouter(Generic[ItemT, ResultT]):
         self._queue: collections.deque[_Pending[ItemT, ResultT]] = collections.deque()
         self._queued = 0  # live items in _queue
         self._inflight_items = 0
+        self._admitted = 0  # slots taken by admit() whose item is not queued yet
+        self._body_bytes = 0  # bytes of the bodies held by live admissions
         self._rr = 0
         self._closed = False  # refusing new work
         self._stopped = False  # dispatcher gone
@@ -230,27 +258,98 @@ class BatchingRouter(Generic[ItemT, ResultT]):
     def inflight(self) -> int:
         return self._inflight_items
 
-    async def submit(self, item: ItemT) -> ResultT:
-        """Queue one item and wait for its result (or the error it earned)."""
+    @property
+    def admitted(self) -> int:
+        """Requests holding a slot while their body is being read."""
+        return self._admitted
+
+    @property
+    def body_bytes(self) -> int:
+        """Bytes of the bodies held by admitted, queued and running requests that were admitted."""
+        return self._body_bytes
+
+    def admit(self, nbytes: int = 0, max_bytes: int | None = None) -> Admission:
+        """Take a queue slot (and ``nbytes`` of body) before reading the body: 503 when the deployment
+        cannot serve, 429 when the queue is full or the bodies held would pass ``max_bytes`` (one body
+        is always let in when none is held, so a cap below the body limit cannot starve)."""
+        if self._closed:
+            raise Unavailable("the deployment is shutting down")
+        if not self._alive:
+            raise Unavailable("no live inference worker", {"workers": len(self._slots)})
+        self._check_depth(counted=False)
+        if max_bytes is not None and self._body_bytes and self._body_bytes + nbytes > max_bytes:
+            self._refuse_bytes(max_bytes)
+        self._admitted += 1
+        self._body_bytes += nbytes
+        return Admission(self, nbytes, max_bytes)
+
+    def _check_depth(self, *, counted: bool) -> None:
+        """429 when the queue is full; ``counted``: the request was already counted in the stats."""
+        depth = self._queued + self._inflight_items + self._admitted
+        if depth >= self.queue_limit:
+            if not counted:
+                self._requests += 1
+                self._win.requests += 1
+            self._rejected += 1
+            self._win.rejected += 1
+            raise TooManyRequests(
+                f"inference queue is full ({self.queue_limit} requests)",
+                {"queue_limit": self.queue_limit},
+                retry_after=self._retry_after(depth),
+            )
+
+    def _refuse_bytes(self, max_bytes: int) -> None:
+        self._requests += 1
+        self._rejected += 1
+        self._win.requests += 1
+        self._win.rejected += 1
+        depth = self._queued + self._inflight_items + self._admitted
+        raise TooManyRequests(
+            f"too many request bodies in flight for this deployment (cap {max_bytes} bytes, "
+            "CVOPS_MAX_PREDICT_INFLIGHT_BYTES)",
+            {"max_inflight_bytes": max_bytes, "setting": "CVOPS_MAX_PREDICT_INFLIGHT_BYTES"},
+            retry_after=self._retry_after(max(1, depth)),
+        )
+
+    def _hold(self, adm: Admission, nbytes: int) -> None:
+        extra = nbytes - adm.bytes
+        others = self._body_bytes - adm.bytes
+        if adm.max_bytes is not None and others and self._body_bytes + extra > adm.max_bytes:
+            raise TooManyRequests(
+                f"too many request bodies in flight for this deployment (cap {adm.max_bytes} bytes, "
+                "CVOPS_MAX_PREDICT_INFLIGHT_BYTES)",
+                {"max_inflight_bytes": adm.max_bytes, "setting": "CVOPS_MAX_PREDICT_INFLIGHT_BYTES"},
+                retry_after=self._retry_after(max(1, self._queued + self._inflight_items)),
+            )
+        adm.bytes = nbytes
+        self._body_bytes += extra
+
+    def _release(self, adm: Admission) -> None:
+        if adm.slot:
+            adm.slot = False
+            self._admitted -= 1
+        self._body_bytes -= adm.bytes
+        adm.bytes = 0
+
+    async def submit(self, item: ItemT, admission: Admission | None = None) -> ResultT:
+        """Queue one item and wait for its result (or the error it earned).  With ``admission`` (from
+        :meth:`admit`) the slot taken then is used: no second queue check."""
         loop = self._ensure_started()
         self._requests += 1
         win = self._win
         win.requests += 1
+        admitted = admission is not None and admission.slot
+        if admission is not None and admitted:
+            admission.slot = False  # the slot taken at admission becomes the queued item
+            self._admitted -= 1
         if self._closed:
             raise Unavailable("the deployment is shutting down")
         if not self._alive:
             self._errors += 1
             win.errors += 1
             raise Unavailable("no live inference worker", {"workers": len(self._slots)})
-        depth = self._queued + self._inflight_items
-        if depth >= self.queue_limit:
-            self._rejected += 1
-            win.rejected += 1
-            raise TooManyRequests(
-                f"inference queue is full ({self.queue_limit} requests)",
-                {"queue_limit": self.queue_limit},
-                retry_after=self._retry_after(depth),
-            )
+        if not admitted:
+            self._check_depth(counted=True)
         now = loop.time()
         fut: asyncio.Future[ResultT] = loop.create_future()
         p: _Pending[ItemT, ResultT] = _Pending(item, fut, now, now + self.timeout_s)

@@ -13,7 +13,14 @@ from cvops.platform.bodies import json_response
 from cvops.platform.context import principal, query_bool
 from cvops.platform.keys import SERVICES, SETTINGS
 from cvops.platform.routes import STAFF, Route
-from cvops.platform.uploads import check_name, default_name, read_multipart, record_rejection
+from cvops.platform.uploads import (
+    DATASET_FIELDS,
+    check_name,
+    default_name,
+    read_multipart,
+    record_rejection,
+    release_upload,
+)
 
 WAIT_S = 600.0
 ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
@@ -38,7 +45,7 @@ async def upload_dataset(request: web.Request) -> web.StreamResponse:
     wait = query_bool(request, "wait")  # a bad ?wait= is refused before anything is stored
     blobs = BlobStore(settings.blob_root)
     try:
-        up = await read_multipart(request, blobs, settings.max_dataset_bytes)
+        up = await read_multipart(request, blobs, settings.max_dataset_bytes, allowed=DATASET_FIELDS)
     except Exception as exc:
         await record_rejection(services.need("store"), "dataset", exc, who.username)
         raise
@@ -58,6 +65,8 @@ async def upload_dataset(request: web.Request) -> web.StreamResponse:
         await registry.release_blob(up.blob.sha256)  # unless another record uses the same bytes
         await record_rejection(services.need("store"), "dataset", exc, who.username)
         raise
+    finally:
+        release_upload(request)  # the record (or the released file) now speaks for these bytes
     if wait:
         record = await registry.wait_dataset(record["id"], WAIT_S)
         if record["status"] == "failed":

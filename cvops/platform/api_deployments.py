@@ -13,6 +13,7 @@ from cvops.platform.bodies import json_response, read_body, read_json
 from cvops.platform.context import principal, query_int
 from cvops.platform.keys import METRICS, SERVICES, SETTINGS
 from cvops.platform.routes import ADMIN, EVERY_ROLE, STAFF, Route
+from cvops.serving import Admission, BatchingRouter
 
 IMAGE_TYPES = ("image/jpeg", "image/png")
 VIDEO_TYPES = ("video/mp4",)
@@ -89,6 +90,15 @@ async def delete_deployment(request: web.Request) -> web.StreamResponse:
     return web.Response(status=204)
 
 
+def _router(pool: Any, dep_id: str) -> BatchingRouter[Any, Any]:
+    """The live router of ``dep_id``: 404 for an unknown deployment, 409 for one that is not serving."""
+    router: BatchingRouter[Any, Any] | None = pool.router_of(dep_id)
+    if router is None:
+        pool.view(dep_id)  # NotFound for an unknown or deleted deployment
+        raise E.Conflict(f"deployment {dep_id} is not serving (its engine could not be loaded)")
+    return router
+
+
 async def predict(request: web.Request) -> web.StreamResponse:
     """Body: image/jpeg, image/png, or video/mp4 (detection models). The bytes go to a worker
     untouched; decoding happens there."""
@@ -99,14 +109,23 @@ async def predict(request: web.Request) -> web.StreamResponse:
     if ctype not in IMAGE_TYPES + VIDEO_TYPES:
         raise E.UnsupportedMediaType(f"expected image/jpeg, image/png or video/mp4, got {ctype or 'nothing'}")
     top_k = query_int(request, "top_k", 5, 1, 1000)
-    body = await read_body(request, settings.max_predict_bytes)
-    if not body:
-        raise E.ValidationFailed("empty body; send the image bytes")
     metrics = request.app[METRICS]
     start = time.perf_counter()
     status = "200"
+    admission: Admission | None = None
     try:
-        result = await pool.predict(dep_id, body, ctype, top_k)
+        # admitted before the body is read (DESIGN.md §5): an unknown deployment, a full queue or too
+        # many bodies in flight is refused from the headers alone
+        router = _router(pool, dep_id)
+        if request.content_length is not None and request.content_length > settings.max_predict_bytes:
+            raise E.PayloadTooLarge(
+                f"body over {settings.max_predict_bytes} bytes", {"limit": settings.max_predict_bytes}
+            )
+        admission = router.admit(request.content_length or 0, settings.max_predict_inflight_bytes)
+        body = await read_body(request, settings.max_predict_bytes, admission.hold)
+        if not body:
+            raise E.ValidationFailed("empty body; send the image bytes")
+        result = await router.submit((body, ctype, top_k), admission)
         err = result.get("error") if isinstance(result, dict) else None
         if err:
             cls = _BY_CODE.get(err.get("code", ""), E.ValidationFailed)
@@ -116,6 +135,8 @@ async def predict(request: web.Request) -> web.StreamResponse:
         status = str(exc.status)
         raise
     finally:
+        if admission is not None:
+            admission.release()
         router = pool.router_of(dep_id)
         label = dep_id if router is not None else "unknown"  # no series per made-up id
         metrics.inference_requests.labels(label, status).inc()

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import msgspec
 from aiohttp import web
 
-from cvops.errors import BadRequest, Forbidden, NotFound, UnsupportedMediaType, ValidationFailed
+from cvops.errors import (
+    BadRequest,
+    Forbidden,
+    NotFound,
+    TooManyRequests,
+    UnsupportedMediaType,
+    ValidationFailed,
+)
 from cvops.events.scheduling import job_stream
 from cvops.platform.bodies import json_response, read_body
 from cvops.platform.context import principal
@@ -80,8 +88,32 @@ async def submit_job(request: web.Request) -> web.StreamResponse:
             raise ValidationFailed(
                 f"dataset {spec['dataset_id']} is {ds['status']}, not ready", {"field": "dataset_id"}
             )
-    view = await services.need("scheduler").submit(kind, spec, who.username)
+    scheduler = services.need("scheduler")
+    limit = request.app[SETTINGS].max_queued_jobs_per_user
+    # one submission per user at a time in this gateway, so the count below cannot be raced past
+    locks: dict[str, asyncio.Lock] = services.extra.setdefault("job_submit_locks", {})
+    async with locks.setdefault(who.username, asyncio.Lock()):
+        waiting = await _waiting_jobs(scheduler, who.username)
+        if len(waiting) >= limit:
+            raise TooManyRequests(
+                f"{who.username} already has {len(waiting)} jobs waiting in the queue; at most {limit} "
+                f"per user (CVOPS_MAX_QUEUED_JOBS_PER_USER)",
+                {"queued": len(waiting), "limit": limit, "setting": "CVOPS_MAX_QUEUED_JOBS_PER_USER"},
+                retry_after=30.0,
+            )
+        view = await scheduler.submit(kind, spec, who.username)
     return json_response(view, status=202)
+
+
+async def _waiting_jobs(scheduler: Any, username: str) -> list[str]:
+    """Ids of the jobs ``username`` submitted that wait for a GPU token (queued, or interrupted and
+    about to be requeued); an evolution's trials belong to the evolution, not to this count."""
+    ids: list[str] = []
+    for status in ("queued", "interrupted"):
+        for job in await scheduler.list_jobs(None, status):
+            if job.get("submitted_by") == username and not job.get("parent_job_id"):
+                ids.append(job["id"])
+    return ids
 
 
 async def list_jobs(request: web.Request) -> web.StreamResponse:
@@ -97,12 +129,28 @@ async def get_job(request: web.Request) -> web.StreamResponse:
     return json_response(await request.app[SERVICES].need("scheduler").get(request.match_info["id"]))
 
 
+def check_may_cancel(job: dict[str, Any], username: str, role: str) -> None:
+    """Admins cancel any job; others only the train jobs they submitted (benchmark and evolve jobs are
+    admin-only to run, so admin-only to stop).  403 otherwise."""
+    if role == "admin":
+        return
+    if job.get("kind") != "train":
+        raise Forbidden(
+            f"only admins may cancel {job.get('kind')} jobs", {"required": ["admin"], "job_id": job.get("id")}
+        )
+    if job.get("submitted_by") != username:
+        raise Forbidden(
+            "only an admin or the job's submitter may cancel it",
+            {"required": ["admin", "submitter"], "job_id": job.get("id")},
+        )
+
+
 async def cancel_job(request: web.Request) -> web.StreamResponse:
-    view = (
-        await request.app[SERVICES]
-        .need("scheduler")
-        .cancel(request.match_info["id"], principal(request).username)
-    )
+    who = principal(request)
+    scheduler = request.app[SERVICES].need("scheduler")
+    job = await scheduler.get(request.match_info["id"])  # 404 first; kind and submitter never change
+    check_may_cancel(job, who.username, who.role)
+    view = await scheduler.cancel(job["id"], who.username)
     return json_response(view, status=202)
 
 
@@ -168,7 +216,7 @@ ROUTES = [
         "/jobs/{id}/cancel",
         cancel_job,
         STAFF,
-        "Cancel a job",
+        "Cancel a job (admins: any job; engineers: the train jobs they submitted)",
         response=JobOut,
         status=202,
         tag="jobs",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import msgspec
@@ -115,8 +116,11 @@ def json_response(obj: Any, status: int = 200, headers: dict[str, str] | None = 
     )
 
 
-async def read_body(request: web.Request, max_bytes: int) -> bytes:
-    """The whole body, refusing more than ``max_bytes`` (413) as soon as it is crossed."""
+async def read_body(
+    request: web.Request, max_bytes: int, on_progress: Callable[[int], None] | None = None
+) -> bytes:
+    """The whole body, refusing more than ``max_bytes`` (413) as soon as it is crossed;
+    ``on_progress(bytes so far)`` runs after each chunk (an admission holding the bytes may refuse)."""
     if request.content_length is not None and request.content_length > max_bytes:
         raise PayloadTooLarge(f"body over {max_bytes} bytes", {"limit": max_bytes})
     body = bytearray()
@@ -124,4 +128,6 @@ async def read_body(request: web.Request, max_bytes: int) -> bytes:
         body.extend(chunk)
         if len(body) > max_bytes:
             raise PayloadTooLarge(f"body over {max_bytes} bytes", {"limit": max_bytes})
+        if on_progress is not None:
+            on_progress(len(body))
     return bytes(body)
