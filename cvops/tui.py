@@ -17,6 +17,8 @@ import logging
 import os
 import time
 from collections import deque
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, ClassVar
 
 import aiohttp
@@ -428,6 +430,27 @@ class CvopsApp(App[int]):
             err = event.worker.error
             log.warning("worker %s failed: %r", event.worker.name, err, exc_info=err)
             self._report(event.worker.name or "worker", err)
+
+
+def resolve_password(password_file: str | None, env: Mapping[str, str] | None = None) -> str | None:
+    """The password for ``cvops tui``, never from argv: the first line of ``password_file``, else
+    ``CVOPS_PASSWORD``, else None (the TUI then asks in its masked login prompt)."""
+    if password_file:
+        try:
+            text = Path(password_file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            raise E.ValidationFailed(
+                f"cannot read the password file {password_file}: {reason}", {"field": "password_file"}
+            ) from exc
+        password = text.split("\n", 1)[0].rstrip("\r")
+        if not password:
+            raise E.ValidationFailed(
+                f"the password file {password_file} is empty", {"field": "password_file"}
+            )
+        return password
+    env = os.environ if env is None else env
+    return env.get("CVOPS_PASSWORD") or None
 
 
 def run_tui(url: str, username: str = "admin", password: str | None = None) -> int:

@@ -6,6 +6,7 @@ from aiohttp import web
 
 from cvops.platform.bodies import Health, json_response
 from cvops.platform.keys import METRICS, SERVICES, SETTINGS
+from cvops.platform.middleware import optional_principal
 from cvops.platform.routes import ANYONE, STAFF, Route
 
 
@@ -16,20 +17,24 @@ async def health(request: web.Request) -> web.StreamResponse:
 async def ready(request: web.Request) -> web.StreamResponse:
     services = request.app[SERVICES]
     if not services.ready:
+        details: dict[str, object] = {}
+        message = "actors are starting"
+        if services.boot_error:
+            message = "actors failed to start"
+            caller = optional_principal(request)
+            # exception text (paths, addresses) is for staff; anonymous callers learn only the state
+            if caller is not None and caller.role in STAFF:
+                details["boot_error"] = services.boot_error
         return json_response(
-            {
-                "error": {
-                    "code": "unavailable",
-                    "message": "actors are starting",
-                    "details": {"boot_error": services.boot_error},
-                }
-            },
-            status=503,
+            {"error": {"code": "unavailable", "message": message, "details": details}}, status=503
         )
     return json_response(Health(status="ready", ready=True))
 
 
 async def metrics(request: web.Request) -> web.StreamResponse:
+    """Prometheus text.  Anonymous scrapes get aggregate series only (no deployment ids); a request
+    with a valid token (any role) gets the per-deployment series too."""
+    with_ids = optional_principal(request) is not None
     m = request.app[METRICS]
     services = request.app[SERVICES]
     m.ready.set(1 if services.ready else 0)
@@ -38,7 +43,10 @@ async def metrics(request: web.Request) -> web.StreamResponse:
         for dep_id, dep in list(pool.live.items()):
             m.observe_router(dep_id, dep.router.stats())
     return web.Response(
-        body=m.render(), content_type="text/plain", charset="utf-8", headers={"X-Content-Version": "0.0.4"}
+        body=m.render(with_deployments=with_ids),
+        content_type="text/plain",
+        charset="utf-8",
+        headers={"X-Content-Version": "0.0.4"},
     )
 
 

@@ -23,7 +23,8 @@ from cvops.platform.routes import ADMIN, ANYONE, EVERY_ROLE, Route
 async def token(request: web.Request) -> web.StreamResponse:
     body = await read_json(request, TokenRequest, request.app[SETTINGS].max_json_bytes)
     auth = request.app[SERVICES].need_auth()
-    access, user = await auth.login(body.username, body.password)
+    # the per-client limit keys on the peer address (behind a proxy: the proxy's, for all clients)
+    access, user = await auth.login(body.username, body.password, client=request.remote)
     return json_response(
         TokenResponse(
             access_token=access, token_type="bearer", expires_in=auth.settings.jwt_ttl_s, role=user.role

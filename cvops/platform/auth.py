@@ -9,14 +9,14 @@ disable kills every older token.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import re
 import secrets
 import time
 import uuid
-from collections import deque
-from dataclasses import dataclass
+from collections import OrderedDict, deque
 from pathlib import Path
 
 import jwt
@@ -105,42 +105,91 @@ def load_or_create_secret(settings: Settings) -> str:
     return secret
 
 
-@dataclass
-class _Failures:
-    times: deque[float]
-
-
 class LoginThrottle:
-    """After ``max_failures`` failed logins of one user within ``window_s``, answer 429."""
+    """Login attempts per user name and per client address, counted BEFORE they are verified.
 
-    def __init__(self, max_failures: int, window_s: float) -> None:
+    :meth:`attempt` admits an attempt and counts it as a failure in advance, so N concurrent guesses
+    cannot all reach argon2: after ``max_failures`` counted attempts for one name, or
+    ``max_per_client`` from one remote address, within ``window_s``, the answer is 429 with
+    Retry-After.  :meth:`succeeded` takes the attempt back (and forgets the name's failures).  Both
+    tables are LRU-bounded (``max_names`` entries each), so a username spray cannot grow memory, and
+    it cannot evict a name that is still being guessed (each guess makes it the most recent).
+    """
+
+    def __init__(
+        self,
+        max_failures: int,
+        window_s: float,
+        max_names: int = 10_000,
+        max_per_client: int = 30,
+    ) -> None:
         self.max_failures = max_failures
         self.window_s = window_s
-        self._fails: dict[str, deque[float]] = {}
+        self.max_names = max_names
+        self.max_per_client = max_per_client
+        self._fails: OrderedDict[str, deque[float]] = OrderedDict()
+        self._clients: OrderedDict[str, deque[float]] = OrderedDict()
 
-    def _prune(self, name: str, now: float) -> deque[float]:
-        q = self._fails.setdefault(name, deque())
+    def _recent(self, table: OrderedDict[str, deque[float]], key: str, now: float) -> deque[float]:
+        q = table.get(key)
+        if q is None:
+            q = table[key] = deque()
+            while len(table) > self.max_names:
+                table.popitem(last=False)
+        else:
+            table.move_to_end(key)
         while q and now - q[0] > self.window_s:
             q.popleft()
         return q
 
-    def check(self, name: str, now: float | None = None) -> None:
+    def _retry(self, q: deque[float], now: float) -> float:
+        return max(1.0, self.window_s - (now - q[0]))
+
+    def tracked(self) -> int:
+        """How many user names are remembered (bounded by ``max_names``)."""
+        return len(self._fails)
+
+    def attempt(self, name: str, client: str | None = None, now: float | None = None) -> float:
+        """Admit one attempt and count it; raises TooManyRequests over a limit. Returns its stamp."""
         now = time.monotonic() if now is None else now
-        q = self._prune(name, now)
+        q = self._recent(self._fails, name, now)
         if len(q) >= self.max_failures:
-            retry = max(1.0, self.window_s - (now - q[0]))
             raise TooManyRequests(
-                "too many failed logins for this user; try again later", {"username": name}, retry
+                "too many failed logins for this user; try again later",
+                {"username": name},
+                self._retry(q, now),
+            )
+        c = self._recent(self._clients, client, now) if client else None
+        if c is not None and len(c) >= self.max_per_client:
+            raise TooManyRequests(
+                "too many failed logins from this address; try again later", {}, self._retry(c, now)
+            )
+        q.append(now)
+        if c is not None:
+            c.append(now)
+        return now
+
+    def check(self, name: str, now: float | None = None) -> None:
+        """Raise TooManyRequests if ``name`` is over its limit (counts nothing)."""
+        now = time.monotonic() if now is None else now
+        q = self._recent(self._fails, name, now)
+        if len(q) >= self.max_failures:
+            raise TooManyRequests(
+                "too many failed logins for this user; try again later",
+                {"username": name},
+                self._retry(q, now),
             )
 
     def failed(self, name: str, now: float | None = None) -> None:
         now = time.monotonic() if now is None else now
-        self._prune(name, now).append(now)
-        if len(self._fails) > 100_000:  # bound memory under a username-spraying attack
-            self._fails.clear()
+        self._recent(self._fails, name, now).append(now)
 
-    def succeeded(self, name: str) -> None:
+    def succeeded(self, name: str, client: str | None = None, stamp: float | None = None) -> None:
         self._fails.pop(name, None)
+        c = self._clients.get(client) if client else None
+        if c is not None and stamp is not None:
+            with contextlib.suppress(ValueError):
+                c.remove(stamp)
 
 
 class Authenticator:
@@ -154,7 +203,12 @@ class Authenticator:
         self._pos = 0
         self._lock = asyncio.Lock()
         self._commands = asyncio.Lock()
-        self.throttle = LoginThrottle(settings.login_max_failures, settings.login_window_s)
+        self.throttle = LoginThrottle(
+            settings.login_max_failures,
+            settings.login_window_s,
+            max_per_client=settings.login_max_failures_per_client,
+        )
+        self._changed = asyncio.Event()  # set (and replaced) whenever a user event is applied
         self._dummy_hash = hash_password(secrets.token_hex(8))
 
     async def catch_up(self) -> None:
@@ -166,6 +220,12 @@ class Authenticator:
                 for env in envs:
                     self.state = apply_users(self.state, env)
                 self._pos = envs[-1].seq
+                changed, self._changed = self._changed, asyncio.Event()
+                changed.set()
+
+    def change_signal(self) -> asyncio.Event:
+        """An event that is set at the next change of any user (open websockets re-check on it)."""
+        return self._changed
 
     async def _append(self, name: str, events: list[Event], expected: int | None, by: str) -> None:
         await self.store.append(f"user-{name}", events, expected, user=by)
@@ -196,17 +256,19 @@ class Authenticator:
         return generated
 
     # ------------------------------------------------------------------------------------- tokens
-    async def login(self, username: str, password: str) -> tuple[str, UserRecord]:
-        self.throttle.check(username)
+    async def login(self, username: str, password: str, client: str | None = None) -> tuple[str, UserRecord]:
+        """Check the name's form (422, before anything costs), admit and count the attempt (429 over
+        the per-name or per-client limit), then verify with argon2; success takes the count back."""
+        check_username(username)
+        stamp = self.throttle.attempt(username, client)
         await self.catch_up()
         user = self.state.users.get(username)
         loop = asyncio.get_running_loop()
         pw_hash = user.password_hash if user is not None else self._dummy_hash
         ok = await loop.run_in_executor(None, verify_password, pw_hash, password)
         if user is None or not ok or user.disabled:
-            self.throttle.failed(username)
             raise Unauthorized("invalid username or password")
-        self.throttle.succeeded(username)
+        self.throttle.succeeded(username, client, stamp)
         return self.issue(user), user
 
     def issue(self, user: UserRecord, ttl_s: int | None = None) -> str:
@@ -221,9 +283,9 @@ class Authenticator:
         }
         return jwt.encode(claims, self.secret, algorithm=ALGORITHM)
 
-    def authenticate(self, token: str) -> Principal:
+    def _claims(self, token: str) -> dict[str, object]:
         try:
-            claims = jwt.decode(
+            claims: dict[str, object] = jwt.decode(
                 token,
                 self.secret,
                 algorithms=[ALGORITHM],
@@ -233,6 +295,15 @@ class Authenticator:
             raise Unauthorized("token expired") from exc
         except jwt.PyJWTError as exc:
             raise Unauthorized("invalid token") from exc
+        return claims
+
+    def expires_at(self, token: str) -> float:
+        """The token's ``exp`` (epoch seconds); raises Unauthorized like :meth:`authenticate`."""
+        exp = self._claims(token)["exp"]
+        return float(exp) if isinstance(exp, int | float) else 0.0
+
+    def authenticate(self, token: str) -> Principal:
+        claims = self._claims(token)
         user = self.state.users.get(str(claims.get("sub")))
         if user is None or user.disabled:
             raise Unauthorized("token's user does not exist or is disabled")

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from collections.abc import Iterator
 
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.metrics_core import Metric
+
+DEPLOYMENT = "deployment"  # the label that names a deployment: only authenticated scrapes see it
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
@@ -67,5 +71,32 @@ class Metrics:
         for size, count in (getattr(stats, "batch_sizes", None) or {}).items():
             self.batches.labels(deployment, str(size)).set(float(count))
 
-    def render(self) -> bytes:
-        return generate_latest(self.registry)
+    def render(self, with_deployments: bool = True) -> bytes:
+        """The Prometheus text; without deployments, series are summed over the deployment label."""
+        if with_deployments:
+            return generate_latest(self.registry)
+        return generate_latest(_WithoutLabel(self.registry, DEPLOYMENT))  # type: ignore[arg-type]
+
+
+class _WithoutLabel:
+    """A view of a registry with one label summed away (``_created`` stamps of such series dropped)."""
+
+    def __init__(self, registry: CollectorRegistry, label: str) -> None:
+        self.registry = registry
+        self.label = label
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self.registry.collect():
+            if not any(self.label in s.labels for s in family.samples):
+                yield family
+                continue
+            sums: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+            for s in family.samples:
+                if s.name.endswith("_created"):
+                    continue
+                key = (s.name, tuple((k, v) for k, v in s.labels.items() if k != self.label))
+                sums[key] = sums.get(key, 0.0) + s.value
+            out = Metric(family.name, family.documentation, family.type, family.unit)
+            for (name, labels), value in sums.items():
+                out.add_sample(name, dict(labels), value)
+            yield out

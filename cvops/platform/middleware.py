@@ -14,6 +14,7 @@ from cvops.errors import (
     TooManyRequests,
     Unauthorized,
 )
+from cvops.platform.auth import Principal
 from cvops.platform.bodies import json_response
 from cvops.platform.context import PRINCIPAL
 from cvops.platform.keys import METRICS, ROUTE_SPECS, SERVICES
@@ -104,16 +105,33 @@ def errors_middleware() -> web.middleware:  # type: ignore[valid-type]
     return mw
 
 
-def bearer_token(request: web.Request) -> str | None:
+# the one route that takes ``?token=``: browsers cannot set headers on a websocket.  Everywhere else a
+# token in the URL would land in proxy logs and browser history, so only the header counts.
+QUERY_TOKEN_ROUTES = frozenset({"/api/v1/events/ws"})
+TOKEN: web.RequestKey[str] = web.RequestKey("cvops.token", str)
+
+
+def bearer_token(request: web.Request, allow_query: bool = False) -> str | None:
     header = request.headers.get("Authorization")
     if header:
         scheme, _, value = header.partition(" ")
         if scheme.lower() != "bearer" or not value.strip():
             raise Unauthorized("Authorization header must be 'Bearer <token>'")
         return value.strip()
-    if request.headers.get("Upgrade", "").lower() == "websocket":
+    if allow_query and request.headers.get("Upgrade", "").lower() == "websocket":
         return request.query.get("token") or None
     return None
+
+
+def optional_principal(request: web.Request) -> Principal | None:
+    """On a public route: the caller if an Authorization header came (401 if it is bad), else None."""
+    token = bearer_token(request)
+    if token is None:
+        return None
+    auth = request.app[SERVICES].auth
+    if auth is None:  # still booting: nobody can be authenticated yet
+        return None
+    return auth.authenticate(token)
 
 
 def auth_middleware() -> web.middleware:  # type: ignore[valid-type]
@@ -130,10 +148,11 @@ def auth_middleware() -> web.middleware:  # type: ignore[valid-type]
             raise NotFound("no such route")
         if spec.public:
             return await handler(request)
-        token = bearer_token(request)
+        token = bearer_token(request, allow_query=spec.full_path in QUERY_TOKEN_ROUTES)
         if token is None:
             raise Unauthorized("missing bearer token")
         principal = request.app[SERVICES].need_auth().authenticate(token)
+        request[TOKEN] = token
         if principal.role not in spec.roles:
             raise Forbidden(
                 f"role {principal.role!r} may not call {spec.method} {spec.full_path}",

@@ -18,9 +18,11 @@ def test_events_page_and_filters(live: Live) -> None:
     assert status == 200 and len(page["events"]) == 2
     assert [e["seq"] for e in page["events"]] == [1, 2]
     assert page["next_after"] == 2
-    status, page = request(live.url, "GET", "/api/v1/events?stream=user-admin", token=live.engineer)
+    status, page = request(live.url, "GET", "/api/v1/events?stream=user-admin", token=live.admin)
     assert status == 200 and page["events"] and all(e["stream"] == "user-admin" for e in page["events"])
     assert page["events"][0]["data"]["password_hash"] == "***"
+    # user streams are for admins (tests/security/test_visibility.py)
+    assert request(live.url, "GET", "/api/v1/events?stream=user-admin", token=live.engineer)[0] == 403
     status, page = request(live.url, "GET", "/api/v1/events?type=UserCreated&limit=1000", token=live.admin)
     assert status == 200 and {e["type"] for e in page["events"]} == {"UserCreated"}
     assert request(live.url, "GET", "/api/v1/events", token=live.viewer)[0] == 403
@@ -70,9 +72,11 @@ async def test_ws_catch_up_then_live_no_gap_no_duplicate(live: Live) -> None:
 @pytest.mark.asyncio
 async def test_ws_auth(live: Live) -> None:
     async with aiohttp.ClientSession() as http:
-        async with http.ws_connect(f"{live.url}/api/v1/events/ws?after=0&token={live.engineer}") as ws:
+        async with http.ws_connect(f"{live.url}/api/v1/events/ws?after=0&token={live.admin}") as ws:
             msg = await asyncio.wait_for(ws.receive(), 30)
             assert json.loads(msg.data)["seq"] == 1
+        async with http.ws_connect(f"{live.url}/api/v1/events/ws?after=0&token={live.engineer}") as ws:
+            assert not ws.closed  # the engineer's token is accepted too (it sees no user-* events)
         for bad in ("", "&token=garbage", f"&token={live.viewer}"):
             with pytest.raises(aiohttp.WSServerHandshakeError) as info:
                 async with http.ws_connect(f"{live.url}/api/v1/events/ws?after=0{bad}"):

@@ -160,7 +160,7 @@ def test_viewer_and_engineer_cannot_create_deployments(live: Live, classifier: s
 def test_metrics_count_the_deployment(live: Live, classifier: str) -> None:
     status, _ = _predict(live, classifier, _jpeg())
     assert status == 200
-    status, text = request(live.url, "GET", "/metrics")
+    status, text = request(live.url, "GET", "/metrics", token=live.viewer)  # ids need a token
     assert status == 200
     page = text.decode() if isinstance(text, bytes) else str(text)
     lines = [
