@@ -88,10 +88,26 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return asyncio.run(_serve(args))
 
 
-def _cmd_tui(args: argparse.Namespace) -> int:
-    from cvops.tui import run_tui
+class _RefusePassword(argparse.Action):
+    """``cvops tui --password X`` is refused: argv is readable by every local user (``ps``)."""
 
-    return run_tui(args.url, args.username, args.password)
+    def __call__(self, parser: argparse.ArgumentParser, *_: Any, **__: Any) -> None:
+        parser.error(
+            "--password is not accepted (the command line is visible to other users); "
+            "use --password-file FILE, the CVOPS_PASSWORD environment variable, or the login prompt"
+        )
+
+
+def _cmd_tui(args: argparse.Namespace) -> int:
+    from cvops.errors import CvopsError
+    from cvops.tui import resolve_password, run_tui
+
+    try:
+        password = resolve_password(args.password_file)
+    except CvopsError as exc:
+        sys.stderr.write(f"cvops tui: {exc.message}\n")
+        return 2
+    return run_tui(args.url, args.username, password)
 
 
 def _cmd_package_verify(args: argparse.Namespace) -> int:
@@ -147,7 +163,12 @@ def build_parser() -> argparse.ArgumentParser:
     tui = sub.add_parser("tui", help="the terminal client")
     tui.add_argument("--url", default="http://127.0.0.1:8080")
     tui.add_argument("--username", default="admin")
-    tui.add_argument("--password", default=None)
+    tui.add_argument(
+        "--password-file",
+        default=None,
+        help="read the password from the first line of FILE (else CVOPS_PASSWORD, else a masked prompt)",
+    )
+    tui.add_argument("--password", nargs="?", action=_RefusePassword, help=argparse.SUPPRESS)
     tui.set_defaults(func=_cmd_tui)
 
     pkg = sub.add_parser("package", help="deployment packages")

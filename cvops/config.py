@@ -68,6 +68,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     max_stored_bytes_per_user: int = 50 * GIB
     login_max_failures: int = 5
     login_window_s: float = 60.0
+    login_max_failures_per_client: int = 30  # failed logins per remote address per window
+    max_websockets_per_user: int = 8  # open /events/ws sockets per user
     ray_address: str | None = None
     dashboard_host: str = "127.0.0.1"
     dashboard_port: int = 8265
@@ -114,6 +116,8 @@ _ENV: dict[str, tuple[str, type]] = {
     "CVOPS_MAX_STORED_BYTES_PER_USER": ("max_stored_bytes_per_user", parse_size),  # type: ignore[dict-item]
     "CVOPS_LOGIN_MAX_FAILURES": ("login_max_failures", int),
     "CVOPS_LOGIN_WINDOW_S": ("login_window_s", float),
+    "CVOPS_LOGIN_MAX_FAILURES_PER_CLIENT": ("login_max_failures_per_client", int),
+    "CVOPS_MAX_WEBSOCKETS_PER_USER": ("max_websockets_per_user", int),
     "RAY_ADDRESS": ("ray_address", str),
     "CVOPS_DASHBOARD_HOST": ("dashboard_host", str),
     "CVOPS_DASHBOARD_PORT": ("dashboard_port", int),
