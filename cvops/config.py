@@ -56,6 +56,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     inference_workers: int = 10
     queue_limit: int = 1000
     inference_timeout_s: float = 30.0
+    video_timeout_s: float | None = None  # one video's decode; see video_deadline_s
     max_model_bytes: int = GIB
     max_dataset_bytes: int = 10 * GIB
     gpu_memory_mb: int = 16384
@@ -74,6 +75,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     dashboard_host: str = "127.0.0.1"
     dashboard_port: int = 8265
     ray_num_cpus: int | None = None
+    conversion_timeout_s: float = 300.0
+    max_conversions: int = 2  # at once; each gets the machine's RAM / max_conversions
+    weights_cache: str | None = None  # pretrained weights (default: <data_dir>/weights)
 
     @property
     def data_path(self) -> Path:
@@ -86,6 +90,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     @property
     def blob_root(self) -> Path:
         return self.data_path / "blobs"
+
+    @property
+    def video_deadline_s(self) -> float:
+        """Seconds a worker spends on the videos of one batch before answering 504: CVOPS_VIDEO_TIMEOUT_S,
+        never more than the request's CVOPS_INFERENCE_TIMEOUT_S; unset (or <= 0) 0.9 of that, so the
+        worker stops, and says why, before the gateway gives up on the request."""
+        if self.video_timeout_s is None or self.video_timeout_s <= 0:
+            return 0.9 * self.inference_timeout_s
+        return min(self.video_timeout_s, self.inference_timeout_s)
 
     def masked(self) -> dict[str, object]:
         out = msgspec.to_builtins(self)
@@ -106,6 +119,7 @@ _ENV: dict[str, tuple[str, type]] = {
     "CVOPS_INFERENCE_WORKERS": ("inference_workers", int),
     "CVOPS_QUEUE_LIMIT": ("queue_limit", int),
     "CVOPS_INFERENCE_TIMEOUT_S": ("inference_timeout_s", float),
+    "CVOPS_VIDEO_TIMEOUT_S": ("video_timeout_s", float),
     "CVOPS_MAX_MODEL_BYTES": ("max_model_bytes", parse_size),  # type: ignore[dict-item]
     "CVOPS_MAX_DATASET_BYTES": ("max_dataset_bytes", parse_size),  # type: ignore[dict-item]
     "CVOPS_GPU_MEMORY_MB": ("gpu_memory_mb", int),
@@ -122,6 +136,9 @@ _ENV: dict[str, tuple[str, type]] = {
     "CVOPS_DASHBOARD_HOST": ("dashboard_host", str),
     "CVOPS_DASHBOARD_PORT": ("dashboard_port", int),
     "CVOPS_RAY_NUM_CPUS": ("ray_num_cpus", int),
+    "CVOPS_CONVERSION_TIMEOUT_S": ("conversion_timeout_s", float),
+    "CVOPS_MAX_CONVERSIONS": ("max_conversions", int),
+    "CVOPS_WEIGHTS_CACHE": ("weights_cache", str),
 }
 
 ENV_NAMES = tuple(_ENV)

@@ -40,7 +40,22 @@ log = logging.getLogger(__name__)
 ACTOR_NAME = "cvops-registry"
 MAX_ATTEMPTS = 3
 TASKS = ("classification", "detection")
-CONVERSION_MEMORY_BYTES = 12 * 1024**3
+
+
+def conversion_memory_bytes(settings: Settings) -> int:
+    """Each conversion's memory cap: the machine's RAM shared by the conversions that may run at once."""
+    import psutil
+
+    return int(psutil.virtual_memory().total // max(1, settings.max_conversions))
+
+
+# uploads whose original file is dropped once cvops has written the verified ONNX and torch form
+UPLOAD_FORMATS_DROPPED = ("torchscript", "torch_export", "state_dict", "ultralytics", "tensorflow")
+
+
+def source_dropped(m: proj.ModelRecord) -> bool:
+    """A converted upload's original file is no longer kept (only what cvops wrote from it is)."""
+    return m.status == "ready" and m.parent_model_id is None and m.source_format in UPLOAD_FORMATS_DROPPED
 
 
 def model_stream(model_id: str) -> str:
@@ -66,8 +81,9 @@ def _limit_memory(limit: int) -> None:
 
 
 def build_torch_source(rec: dict[str, Any], blobs: BlobStore) -> Any:
-    """The torch module of a model record whose source has a torch form (presets, trained models,
-    TorchScript/export/state_dict uploads)."""
+    """The torch module of a model record that has a torch form (presets, trained models, ``.pt2``,
+    state_dict and Ultralytics uploads): always a file cvops wrote itself from the verified model, a
+    state_dict (loaded ``weights_only``) or a re-saved, re-checked ``.pt2``.  Never the user's upload."""
     import torch
 
     from cvops.ml import presets
@@ -75,8 +91,8 @@ def build_torch_source(rec: dict[str, Any], blobs: BlobStore) -> Any:
     onnx = rec.get("onnx") or {}
     fmt = onnx.get("torch_format") or ""
     sha = onnx.get("torch_sha256") or ""
-    if not fmt or not sha:
-        return None
+    if not fmt or not sha or fmt not in ("state_dict", "torch_export"):
+        return None  # ONNX uploads; records of older versions whose torch form was a TorchScript upload
     path = blobs.path(sha)
     arch = onnx.get("torch_arch") or rec.get("arch") or rec.get("preset")
     if fmt == "state_dict" and arch in presets.PRESETS:
@@ -104,7 +120,7 @@ def _convert_task(settings: Settings, rec: dict[str, Any]) -> dict[str, Any]:
     from cvops.ml import convert, presets
 
     worker_priority()
-    _limit_memory(CONVERSION_MEMORY_BYTES)
+    _limit_memory(conversion_memory_bytes(settings))
     torch.set_num_threads(2)
     blobs = BlobStore(settings.blob_root)
     with tempfile.TemporaryDirectory(dir=blobs.tmp_dir) as tmp:
@@ -113,21 +129,24 @@ def _convert_task(settings: Settings, rec: dict[str, Any]) -> dict[str, Any]:
         fmt = rec["source_format"]
         if fmt == "preset" or (fmt == "state_dict" and rec.get("arch") in presets.PRESETS):
             state = None
+            num_classes = rec.get("num_classes")
             if fmt == "state_dict":
-                state = torch.load(blobs.path(rec["source_sha256"]), weights_only=True, map_location="cpu")
+                from cvops.ml.formats import infer_num_classes
+
+                state = presets.load_state_dict_file(blobs.path(rec["source_sha256"]))
+                if num_classes is None and not rec.get("labels"):
+                    num_classes = infer_num_classes(rec["arch"], state)
             built = presets.build_preset(
                 rec.get("preset") or rec["arch"],
-                num_classes=rec.get("num_classes"),
+                num_classes=num_classes,
                 image_size=rec.get("image_size"),
                 labels=rec.get("labels") or None,
                 state_dict=state,
             )
-            if fmt == "preset":
-                buf = io.BytesIO()
-                torch.save(built.module.state_dict(), buf)
-                torch_sha = blobs.put_bytes(buf.getvalue()).sha256
-            else:
-                torch_sha = rec["source_sha256"]
+            # the torch form is a state_dict cvops writes from the built module, never the upload itself
+            buf = io.BytesIO()
+            torch.save(built.module.state_dict(), buf)
+            torch_sha = blobs.put_bytes(buf.getvalue()).sha256
             torch_format, arch = "state_dict", built.name
             result = convert.convert_module(
                 built.module,
@@ -139,6 +158,7 @@ def _convert_task(settings: Settings, rec: dict[str, Any]) -> dict[str, Any]:
             )
         else:
             src = blobs.path(rec["source_sha256"])
+            torch_out = Path(tmp) / "torch-form"
             result = convert.convert(
                 src,
                 fmt,
@@ -148,9 +168,11 @@ def _convert_task(settings: Settings, rec: dict[str, Any]) -> dict[str, Any]:
                 num_classes=rec.get("num_classes"),
                 labels=rec.get("labels") or None,
                 out_path=out,
+                torch_out=torch_out,
             )
-            if fmt in ("torchscript", "torch_export", "state_dict"):
-                torch_sha, torch_format = rec["source_sha256"], fmt
+            if result.torch_format:
+                torch_sha = blobs.put_file(torch_out).sha256
+                torch_format, arch = result.torch_format, result.torch_arch or arch
         ref = blobs.put_file(out)
     fields: dict[str, Any] = msgspec.to_builtins(result)
     fields.update(
@@ -202,6 +224,7 @@ class _RegistryActor:
         self.running: dict[str, asyncio.Task[None]] = {}
         self.started = False
         self.start_lock = asyncio.Lock()
+        self.conversions = asyncio.Semaphore(max(1, settings.max_conversions))
 
     async def _sync(self) -> None:
         async with self.lock:
@@ -247,6 +270,9 @@ class _RegistryActor:
         for d in list(self.datasets.datasets.values()):
             if d.status == "pending":
                 self._spawn_dataset(d.id)
+        for m in list(self.models.models.values()):
+            if source_dropped(m) and m.source_sha256:
+                self._release(m.source_sha256)  # originals kept by an older version
         self.started = True  # only once the rebuild and the resumptions went through
 
     # --------------------------------------------------------------------------------- models
@@ -291,7 +317,8 @@ class _RegistryActor:
             )
             rec = self._view(self._model(model_id))
             try:
-                fields = await _convert_task.remote(self.settings, rec)
+                async with self.conversions:
+                    fields = await self._run_conversion(rec)
             except Exception as exc:  # noqa: BLE001 - every failure becomes a rejection with its reason
                 inner = unwrap(exc)
                 if isinstance(inner, CvopsError):
@@ -324,10 +351,26 @@ class _RegistryActor:
                 arch=fields.get("arch"),
             )
             await self._append(model_stream(model_id), [event], self._model(model_id).version)
+            m = self._model(model_id)
+            if source_dropped(m) and m.source_sha256:
+                self._release(m.source_sha256)  # the upload itself is never loaded again
         except CvopsError as exc:
             log.warning("conversion of %s could not be recorded: %s", model_id, exc)
         finally:
             self.running.pop(model_id, None)
+
+    async def _run_conversion(self, rec: dict[str, Any]) -> dict[str, Any]:
+        """The conversion task under a wall-clock limit; past it the task is killed and the model rejected."""
+        limit = self.settings.conversion_timeout_s
+        ref = _convert_task.remote(self.settings, rec)
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(ref.future()), timeout=limit)
+        except TimeoutError:
+            ray.cancel(ref, force=True)
+            raise ValidationFailed(
+                f"conversion took longer than {limit:g} s and was stopped (CVOPS_CONVERSION_TIMEOUT_S)",
+                {"timeout_s": limit},
+            ) from None
 
     def _forget_source(self, model_id: str) -> None:
         """A rejected upload leaves no file behind (unless something else uses the same bytes)."""
@@ -341,7 +384,9 @@ class _RegistryActor:
             if x.id == skip_model or x.status in ("failed", "deleted"):
                 continue
             onnx = x.onnx or {}
-            if sha in (x.source_sha256, onnx.get("sha256"), onnx.get("torch_sha256")):
+            if sha in (onnx.get("sha256"), onnx.get("torch_sha256")):
+                return True
+            if sha == x.source_sha256 and not source_dropped(x):
                 return True
         return any(
             d.sha256 == sha and d.id != skip_dataset and d.status != "failed"

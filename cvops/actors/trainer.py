@@ -83,7 +83,7 @@ def run_train_job(ctx: JobContext) -> dict[str, Any]:
     if module is None:
         raise ValidationFailed(
             "this model has no torch form to train (ONNX uploads cannot be fine-tuned); use a preset or "
-            "upload TorchScript / a state_dict with arch"
+            "upload a state_dict with arch, a .pt2 or an Ultralytics checkpoint"
         )
     module = _fit_head(module, rec, list(ds["classes"]), ctx.blobs)
     root = _dataset_root(ctx, ds)

@@ -190,8 +190,9 @@ def apply_models(state: ModelsState, env: s.Envelope) -> ModelsState:
                 "outputs": msgspec.to_builtins(ev.outputs),
                 "parameter_count": ev.parameter_count,
                 "preprocessing": msgspec.to_builtins(ev.preprocessing),
-                "torch_sha256": ev.torch_sha256,
-                "torch_format": ev.torch_format,
+                # an older version kept a TorchScript upload as the torch form: that is code, never loaded
+                "torch_sha256": "" if ev.torch_format == "torchscript" else ev.torch_sha256,
+                "torch_format": "" if ev.torch_format == "torchscript" else ev.torch_format,
                 "torch_arch": ev.arch,
             }
             m.parity = msgspec.to_builtins(ev.parity)

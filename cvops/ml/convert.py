@@ -89,6 +89,9 @@ class ConversionResult(msgspec.Struct, frozen=True, kw_only=True):
     num_classes: int = 0
     max_rel_diff: float = 0.0
     seconds: float = 0.0
+    # the torch form cvops wrote from the verified upload (``torch_out`` of :func:`convert`), if any
+    torch_format: str = ""
+    torch_arch: str | None = None
 
     def to_event(self, model_id: str, onnx_sha256: str, onnx_bytes: int) -> ModelConverted:
         return ModelConverted(
@@ -649,11 +652,14 @@ def convert(
     seed: int = 0,
     exporter: str = "auto",
     threads: int = 1,
+    torch_out: Path | str | None = None,
 ) -> ConversionResult:
     """Convert an uploaded model file of format ``fmt`` (see :func:`cvops.ml.formats.detect_format`).
 
     ``fmt="preset"`` is not handled here (use :func:`convert_preset`).  Every user-caused problem raises a
     :class:`~cvops.errors.CvopsError` (mostly ``ValidationFailed``, 422); ``out_path`` then does not exist.
+    With ``torch_out``, a torch upload's torch form is written there by cvops from the verified model
+    (:func:`cvops.ml.formats.save_torch_form`); the result names its format and architecture.
     """
     _check_task(task)
     src = Path(source_path)
@@ -673,7 +679,13 @@ def convert(
         )  # fmt: skip
     if fmt not in formats.FORMATS:
         raise ValidationFailed(f"unknown model format {fmt!r}", {"formats": list(formats.FORMATS)})
+    if fmt == formats.ULTRALYTICS and task != "detection":
+        raise ValidationFailed(
+            "an Ultralytics checkpoint is a detection model: upload it with task=detection", {"task": task}
+        )
     loaded = formats.load_torch_source(src, fmt, arch=arch, num_classes=num_classes)
+    if labels is None and loaded.labels:
+        labels = loaded.labels
     if input_shape is not None:
         shape = formats.validate_input_shape(list(input_shape))
         if (
@@ -689,11 +701,15 @@ def convert(
         shape = loaded.input_shape or [1, 3, 224, 224]
     if shape[0] == -1:
         shape = [1, *shape[1:]]
-    return convert_module(
+    result = convert_module(
         loaded.module, task, shape, out_path, labels=labels, preprocessing=preprocessing, seed=seed,
         dynamic_batch=loaded.dynamic_batch if fmt == formats.TORCH_EXPORT else True,
         exporter=exporter, source_format=fmt, threads=threads,
     )  # fmt: skip
+    if torch_out is None:
+        return result
+    torch_format, torch_arch = formats.save_torch_form(loaded, torch_out)
+    return msgspec.structs.replace(result, torch_format=torch_format, torch_arch=torch_arch)
 
 
 # ------------------------------------------------------------------------------------ memory limited

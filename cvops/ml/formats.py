@@ -1,11 +1,16 @@
-"""Recognise and safely load an uploaded model file (DESIGN.md §5).
+"""Recognise and safely load an uploaded model file (DESIGN.md §5: an uploaded file is data, never code).
 
-Accepted: ONNX, TorchScript, ``torch.export`` archives (``.pt2``), state_dicts (``.pt``/``.pth`` loaded
-only with ``torch.load(weights_only=True)`` into a named architecture) and TensorFlow (``.keras``, ``.h5``,
-a zipped SavedModel; needs the optional extra).  Anything that would run foreign Python code on load — a
-pickled ``nn.Module``, any other pickle, a ``.pt2`` whose pickles reference non-torch globals, whose
-symbolic expressions or guards are not plain arithmetic, or that carries compiled code — is refused with
-:class:`ValidationFailed` before it is deserialised.
+Accepted: ONNX, ``torch.export`` archives (``.pt2``, the graph checked against an operator allow-list),
+state_dicts (``.pt``/``.pth`` loaded only with ``torch.load(weights_only=True)`` into a named
+architecture), Ultralytics YOLOv8n checkpoints (``torch.load(weights_only=True)`` with an explicit
+allow-list of the classes such a checkpoint holds) and TensorFlow (``.keras``, ``.h5``, a zipped
+SavedModel; needs the optional extra).  Refused before anything is deserialised: TorchScript (it is
+code: its ``__setstate__`` and methods run inside TorchScript's loader), pickled modules and any other
+pickle needing a general unpickler, and ``.pt2`` archives whose pickles reference non-torch globals,
+whose symbolic expressions or guards are not plain arithmetic, or that carry compiled code.
+
+After acceptance only what cvops itself wrote from the verified model is kept and loaded again (the
+ONNX, and a state_dict or a re-saved ``.pt2`` as the torch form): see :func:`save_torch_form`.
 """
 
 from __future__ import annotations
@@ -41,7 +46,18 @@ TORCHSCRIPT = "torchscript"
 TORCH_EXPORT = "torch_export"
 STATE_DICT = "state_dict"
 TENSORFLOW = "tensorflow"
-FORMATS = (ONNX, TORCHSCRIPT, TORCH_EXPORT, STATE_DICT, TENSORFLOW)
+ULTRALYTICS = "ultralytics"
+# what an upload may be; TORCHSCRIPT is recognised only to be refused (older records may still name it)
+FORMATS = (ONNX, TORCH_EXPORT, STATE_DICT, ULTRALYTICS, TENSORFLOW)
+TORCH_FORMATS = (TORCH_EXPORT, STATE_DICT, ULTRALYTICS)
+
+TORCHSCRIPT_REFUSED = (
+    "TorchScript is not accepted: a TorchScript archive is code (its __setstate__ and methods run when "
+    "it is loaded), and cvops never runs uploaded code. Send the same model as ONNX "
+    "(torch.onnx.export(model, x, 'model.onnx')), as a torch.export archive "
+    "(torch.export.save(torch.export.export(model, (x,)), 'model.pt2')) or as a state_dict "
+    "(torch.save(model.state_dict(), 'model.pt')) with the form field arch=<architecture>"
+)
 
 TF_MISSING = (
     "TensorFlow models need TensorFlow and tf2onnx, which are not installed: pip install 'cvops[tensorflow]'"
@@ -119,19 +135,19 @@ def detect_format(path: Path | str, filename: str = "") -> str:
         if names is None:
             raise ValidationFailed("the model file is a corrupt zip archive")
         rels = {n.split("/", 1)[1] if "/" in n else n for n in names}
-        if any(r == "constants.pkl" or r.startswith("code/") for r in rels):
-            return TORCHSCRIPT
+        if any(r == "constants.pkl" or r.startswith("code/") or r.endswith(".debug_pkl") for r in rels):
+            raise ValidationFailed(TORCHSCRIPT_REFUSED, {"format": TORCHSCRIPT, "filename": filename})
         if "archive_format" in rels or any(r.startswith("models/") and r.endswith(".json") for r in rels):
             return TORCH_EXPORT
         if "data.pkl" in rels:
-            return STATE_DICT
+            return ULTRALYTICS if _pickle_names_ultralytics(p, names) else STATE_DICT
         if any(PurePosixPath(n).name == "saved_model.pb" for n in names) or ext == ".keras":
             return TENSORFLOW
         if {"config.json", "metadata.json"} <= rels or "model.weights.h5" in rels:
             return TENSORFLOW
         raise UnsupportedMediaType(
-            "unrecognised zip archive: expected TorchScript, torch.export (.pt2), a torch.save state_dict "
-            "or a TensorFlow model",
+            "unrecognised zip archive: expected a torch.export archive (.pt2), a torch.save state_dict, "
+            "an Ultralytics checkpoint or a TensorFlow model",
             {"filename": filename},
         )
     if head.startswith(b"\x89HDF\r\n\x1a\n"):
@@ -139,11 +155,14 @@ def detect_format(path: Path | str, filename: str = "") -> str:
     if head[0] == 0x80 and len(head) > 1 and 2 <= head[1] <= 5:  # pickle protocol 2..5 (legacy torch.save)
         return STATE_DICT
     if ext in _EXTENSIONS:
+        if _EXTENSIONS[ext] == TORCHSCRIPT:
+            raise ValidationFailed(TORCHSCRIPT_REFUSED, {"format": TORCHSCRIPT, "filename": filename})
         return _EXTENSIONS[ext]
     if head[0] == 0x08:  # protobuf field 1 (ir_version), varint: how every ONNX file starts
         return ONNX
     raise UnsupportedMediaType(
-        "unrecognised model format: upload .onnx, TorchScript, .pt2, a .pt/.pth state_dict or a TensorFlow model",
+        "unrecognised model format: upload .onnx, a torch.export .pt2, a .pt/.pth state_dict, an "
+        "Ultralytics checkpoint or a TensorFlow model",
         {"filename": filename},
     )
 
@@ -539,29 +558,6 @@ def exported_input_shape(ep: Any) -> tuple[list[int], bool]:
     return concrete, dynamic
 
 
-# ----------------------------------------------------------------------------------- TorchScript
-
-
-def _check_torchscript_ops(module: Any) -> None:
-    try:
-        graph = module.inlined_graph
-    except (AttributeError, RuntimeError):
-        return
-    for node in graph.nodes():
-        kind = node.kind()
-        if any(d in kind for d in ("from_file", "aten::save")):
-            raise ValidationFailed("TorchScript model refused: it reads or writes files", {"op": kind})
-
-
-def load_torchscript(path: Path | str) -> nn.Module:
-    try:
-        module = torch.jit.load(str(path), map_location="cpu")
-    except Exception as exc:  # noqa: BLE001 - the C++ loader raises RuntimeError and others
-        raise ValidationFailed("cannot load the TorchScript model", {"reason": str(exc)[:500]}) from exc
-    _check_torchscript_ops(module)
-    return module.eval()  # type: ignore[no-any-return]
-
-
 # ------------------------------------------------------------------------------------------ loader
 
 
@@ -569,11 +565,13 @@ def load_torchscript(path: Path | str) -> nn.Module:
 class LoadedTorch:
     """A torch source ready for export: a module (or an ExportedProgram) and what is known of its input."""
 
-    module: Any  # nn.Module | ScriptModule | ExportedProgram
+    module: Any  # nn.Module | ExportedProgram
     fmt: str
     input_shape: list[int] | None = None
     dynamic_batch: bool = True
     num_classes: int | None = None
+    arch: str | None = None
+    labels: list[str] | None = None
 
     @property
     def is_exported_program(self) -> bool:
@@ -587,7 +585,7 @@ def load_torch_source(
     path: Path | str, fmt: str, arch: str | None = None, num_classes: int | None = None
 ) -> LoadedTorch:
     if fmt == TORCHSCRIPT:
-        return LoadedTorch(load_torchscript(path), fmt)
+        raise ValidationFailed(TORCHSCRIPT_REFUSED, {"format": TORCHSCRIPT})
     if fmt == TORCH_EXPORT:
         ep = load_exported_program(path)
         shape, dynamic = exported_input_shape(ep)
@@ -596,18 +594,171 @@ def load_torch_source(
         module, nc = load_state_dict_model(path, arch, num_classes)
         size = SPECS[arch].default_image_size if arch in SPECS else None
         sd_shape = [1, 3, size, size] if size else None
-        return LoadedTorch(module, fmt, input_shape=sd_shape, num_classes=nc)
-    raise ValidationFailed(
-        f"{fmt!r} is not a torch format", {"formats": [TORCHSCRIPT, TORCH_EXPORT, STATE_DICT]}
-    )
+        return LoadedTorch(module, fmt, input_shape=sd_shape, num_classes=nc, arch=arch)
+    if fmt == ULTRALYTICS:
+        module, nc, labels = load_ultralytics_model(path)
+        size = SPECS["yolov8n"].default_image_size
+        return LoadedTorch(
+            module, fmt, input_shape=[1, 3, size, size], num_classes=nc, arch="yolov8n", labels=labels
+        )
+    raise ValidationFailed(f"{fmt!r} is not a torch format", {"formats": list(TORCH_FORMATS)})
 
 
 def load_torch_model(
     path: Path | str, fmt: str, arch: str | None = None, num_classes: int | None = None
 ) -> nn.Module:
-    """A runnable module (eval mode) from a TorchScript, ``.pt2`` or state_dict upload."""
+    """A runnable module (eval mode) from a ``.pt2``, state_dict or Ultralytics upload."""
     loaded = load_torch_source(path, fmt, arch, num_classes)
     return loaded.callable()  # type: ignore[no-any-return]
+
+
+# ------------------------------------------------------------------------- Ultralytics checkpoints
+
+# The classes an Ultralytics YOLOv8 checkpoint (``yolov8n.pt`` as ultralytics saves it) pickles, and
+# nothing else: it is loaded with ``torch.load(weights_only=True)`` and exactly these as safe globals.
+ULTRALYTICS_ALLOWED = (
+    "ultralytics.nn.tasks.DetectionModel",
+    "ultralytics.nn.modules.conv.Conv",
+    "ultralytics.nn.modules.conv.Concat",
+    "ultralytics.nn.modules.block.C2f",
+    "ultralytics.nn.modules.block.Bottleneck",
+    "ultralytics.nn.modules.block.SPPF",
+    "ultralytics.nn.modules.block.DFL",
+    "ultralytics.nn.modules.head.Detect",
+    "ultralytics.utils.IterableSimpleNamespace",
+    "torch.nn.modules.container.Sequential",
+    "torch.nn.modules.container.ModuleList",
+    "torch.nn.modules.conv.Conv2d",
+    "torch.nn.modules.batchnorm.BatchNorm2d",
+    "torch.nn.modules.activation.SiLU",
+    "torch.nn.modules.upsampling.Upsample",
+    "torch.nn.modules.pooling.MaxPool2d",
+    "torch.nn.modules.linear.Identity",
+)
+_MAX_PICKLE_SCAN = 64 * 1024 * 1024
+
+
+def _pickle_names_ultralytics(path: Path, names: Sequence[str]) -> bool:
+    """Whether a torch.save archive's ``data.pkl`` names an ``ultralytics.`` class (its bytes are read,
+    never unpickled)."""
+    pkl = next((n for n in names if n.count("/") == 1 and n.endswith("/data.pkl")), None)
+    if pkl is None:
+        return False
+    with zipfile.ZipFile(path) as z:
+        info = z.getinfo(pkl)
+        if info.file_size > _MAX_PICKLE_SCAN:
+            return False
+        return b"ultralytics.nn." in z.read(info)
+
+
+def _resolve_globals(names: Sequence[str]) -> list[Any]:
+    import builtins
+    import importlib
+
+    out: list[Any] = []
+    for qual in names:
+        mod, _, attr = qual.rpartition(".")
+        module = builtins if mod == "builtins" else importlib.import_module(mod)
+        obj = getattr(module, attr, None)
+        if obj is not None:  # a class a newer or older ultralytics does not have is simply not allowed
+            out.append(obj)
+    return out
+
+
+@dataclass
+class UltralyticsCheckpoint:
+    state_dict: dict[str, torch.Tensor]
+    num_classes: int
+    labels: list[str]
+
+
+def read_ultralytics_checkpoint(path: Path | str) -> UltralyticsCheckpoint:
+    """The weights, class count and class names of an Ultralytics YOLOv8n checkpoint, read through
+    ``torch.load(weights_only=True)`` with :data:`ULTRALYTICS_ALLOWED` as the only extra globals.
+
+    A global outside the list (``os.system``, a class of another model family) is refused with a
+    :class:`ValidationFailed` naming it, before it is resolved.
+    """
+    import pickle
+
+    from cvops.ml.presets import import_ultralytics_tasks
+
+    tasks = import_ultralytics_tasks()
+    allowed = _resolve_globals(ULTRALYTICS_ALLOWED)
+    try:
+        with torch.serialization.safe_globals(allowed):
+            ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError, ValueError) as exc:
+        text = str(exc)
+        m = re.search(r"GLOBAL ([\w.]+)", text) or re.search(r"global[s]? ([\w.]+)", text)
+        name = m.group(1) if m else ""
+        if name:
+            raise ValidationFailed(
+                f"Ultralytics checkpoint refused: it names {name}, which is not one of the classes a "
+                "YOLOv8 checkpoint holds (cvops never runs a general unpickler on uploads)",
+                {"class": name[:200], "allowed": list(ULTRALYTICS_ALLOWED)},
+            ) from exc
+        raise ValidationFailed(
+            "cannot read the Ultralytics checkpoint", {"reason": text.splitlines()[0][:300] if text else ""}
+        ) from exc
+    model = None
+    if isinstance(ckpt, dict):
+        model = ckpt.get("ema") or ckpt.get("model")
+    if not isinstance(model, tasks.DetectionModel):
+        raise ValidationFailed(
+            "the Ultralytics checkpoint holds no detection model (expected 'model' or 'ema')",
+            {"type": type(model).__name__},
+        )
+    yaml = getattr(model, "yaml", None)
+    scale = yaml.get("scale") if isinstance(yaml, dict) else None
+    if scale not in (None, "n"):
+        raise ValidationFailed(
+            "only YOLOv8n checkpoints are accepted as .pt; export other sizes to ONNX "
+            "(yolo export model=yolov8s.pt format=onnx) and upload that",
+            {"scale": str(scale)[:20]},
+        )
+    state = {str(k): v.detach().float() for k, v in model.state_dict().items()}
+    raw_names = getattr(model, "names", None)
+    if isinstance(raw_names, dict) and raw_names:
+        labels = [str(raw_names[i]) for i in sorted(raw_names)]
+    elif isinstance(raw_names, list) and raw_names:
+        labels = [str(x) for x in raw_names]
+    else:
+        labels = []
+    nc = infer_num_classes("yolov8n", state)
+    if len(labels) != nc:
+        labels = [f"class_{i}" for i in range(nc)]
+    return UltralyticsCheckpoint(state, nc, labels)
+
+
+def load_ultralytics_model(path: Path | str) -> tuple[nn.Module, int, list[str]]:
+    ck = read_ultralytics_checkpoint(path)
+    try:
+        built = build_preset("yolov8n", num_classes=ck.num_classes, state_dict=ck.state_dict)
+    except ValidationFailed as exc:
+        raise ValidationFailed(
+            "the checkpoint's weights do not fit YOLOv8n; export other models to ONNX and upload that",
+            exc.details,
+        ) from exc
+    return built.module, ck.num_classes, ck.labels
+
+
+# ----------------------------------------------------------------------- the torch form cvops keeps
+
+
+def save_torch_form(loaded: LoadedTorch, path: Path | str) -> tuple[str, str | None]:
+    """Write the torch form of a verified upload that the torch engines, training and packages use.
+
+    cvops writes it itself from the loaded model: a ``weights_only`` state_dict for state_dict and
+    Ultralytics uploads (with the architecture to build), ``torch.export.save`` of the checked program
+    for ``.pt2``.  Returns ``(torch_format, arch)``.  The user's original archive is never loaded again.
+    """
+    if loaded.fmt == TORCH_EXPORT:
+        torch.export.save(loaded.module, str(path))
+        return TORCH_EXPORT, None
+    state = {k: v.detach().cpu().contiguous() for k, v in loaded.module.state_dict().items()}
+    torch.save(state, str(path))
+    return STATE_DICT, loaded.arch
 
 
 # -------------------------------------------------------------------------------------- TensorFlow

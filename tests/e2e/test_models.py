@@ -110,16 +110,15 @@ def test_onnx_download_loads_and_uploads_back(live: Live, tiny: dict[str, Any]) 
     assert rec["onnx"]["torch_format"] == ""  # an ONNX upload has no torch form
 
 
-def test_torchscript_upload_is_ready_with_torch_form(live: Live) -> None:
+def test_torchscript_upload_is_refused_with_what_to_send(live: Live) -> None:
     buf = io.BytesIO()
     torch.jit.save(torch.jit.script(_Net().eval()), buf)
-    status, rec = upload_model(
+    status, body = upload_model(
         live.url, live.admin, buf.getvalue(), "net.pt", name="ts-net", input_shape="1,3,32,32"
     )
-    assert status == 200, rec
-    assert rec["source_format"] == "torchscript"
-    assert_ready_with_parity(rec)
-    assert rec["onnx"]["torch_format"] == "torchscript" and rec["onnx"]["torch_sha256"]
+    assert status == 422, body
+    message = body["error"]["message"]
+    assert "TorchScript is not accepted" in message and "torch.export" in message and "arch" in message
 
 
 def _state_dict_bytes(module: nn.Module) -> bytes:

@@ -73,7 +73,8 @@ def _model_json(path: Path) -> dict[str, Any]:
 def test_detect_format_by_content(tmp_path: Path, tiny: torch.nn.Module) -> None:
     ts = tmp_path / "m.ts"
     torch.jit.trace(tiny, torch.randn(1, 3, 32, 32)).save(str(ts))
-    assert formats.detect_format(ts, "upload.pt") == formats.TORCHSCRIPT  # content beats the name
+    with pytest.raises(ValidationFailed, match="TorchScript is not accepted"):  # content beats the name
+        formats.detect_format(ts, "upload.pt")
 
     pt2 = _export_pt2(tiny, tmp_path / "m.pt2")
     assert formats.detect_format(pt2, "m.pt2") == formats.TORCH_EXPORT
@@ -126,23 +127,14 @@ def test_detect_format_rejects_unknown_and_empty(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------ torch formats
 
 
-def test_torchscript_converts(tmp_path: Path, tiny: torch.nn.Module) -> None:
+def test_torchscript_is_refused_by_every_loader(tmp_path: Path, tiny: torch.nn.Module) -> None:
     ts = tmp_path / "m.ts"
     torch.jit.trace(tiny, torch.randn(1, 3, 32, 32)).save(str(ts))
-    module = formats.load_torch_model(ts, formats.TORCHSCRIPT)
-    x = torch.randn(2, 3, 32, 32)
-    assert torch.allclose(module(x), tiny(x), atol=1e-6)
-    res = convert(
-        ts,
-        formats.TORCHSCRIPT,
-        task="classification",
-        input_shape=[1, 3, 32, 32],
-        out_path=tmp_path / "o.onnx",
-    )
-    assert res.parity.passed and res.parity.max_abs_diff <= 1e-4 and res.parity.samples == 4
-    assert res.source_format == "torchscript" and res.num_classes == 5 and len(res.labels) == 5
-    assert res.inputs[0].shape == ["batch", 3, 32, 32]
-    assert (tmp_path / "o.onnx").is_file()
+    with pytest.raises(ValidationFailed, match="TorchScript is not accepted"):
+        formats.load_torch_model(ts, formats.TORCHSCRIPT)
+    with pytest.raises(ValidationFailed):
+        convert(ts, formats.TORCHSCRIPT, task="classification", out_path=tmp_path / "o.onnx")
+    assert not (tmp_path / "o.onnx").exists()
 
 
 def test_torch_export_pt2_converts_dynamic_and_static(tmp_path: Path, tiny: torch.nn.Module) -> None:
@@ -472,13 +464,16 @@ def test_valid_input_shapes() -> None:
     assert formats.validate_input_shape((1, 1, 8, 4096)) == [1, 1, 8, 4096]
 
 
-def test_wrong_input_shape_in_convert(tmp_path: Path, tiny: torch.nn.Module) -> None:
-    ts = tmp_path / "m.ts"
-    torch.jit.trace(tiny, torch.randn(1, 3, 32, 32)).save(str(ts))
+def test_wrong_input_shape_in_convert(tmp_path: Path) -> None:
+    from cvops.ml.presets import build_preset
+
+    ts = tmp_path / "m.pt"
+    torch.save(build_preset("tiny_cnn", num_classes=5).module.state_dict(), ts)
     with pytest.raises(ValidationFailed, match="input_shape"):
         convert(
             ts,
-            formats.TORCHSCRIPT,
+            formats.STATE_DICT,
+            arch="tiny_cnn",
             task="classification",
             input_shape=[1, 3, 32],
             out_path=tmp_path / "o.onnx",
@@ -486,13 +481,14 @@ def test_wrong_input_shape_in_convert(tmp_path: Path, tiny: torch.nn.Module) -> 
     with pytest.raises(ValidationFailed, match="declared shape"):  # 1 channel into a 3-channel conv
         convert(
             ts,
-            formats.TORCHSCRIPT,
+            formats.STATE_DICT,
+            arch="tiny_cnn",
             task="classification",
             input_shape=[1, 1, 32, 32],
             out_path=tmp_path / "o.onnx",
         )
     with pytest.raises(ValidationFailed, match="task"):
-        convert(ts, formats.TORCHSCRIPT, task="segmentation", out_path=tmp_path / "o.onnx")
+        convert(ts, formats.STATE_DICT, arch="tiny_cnn", task="segmentation", out_path=tmp_path / "o.onnx")
     assert not (tmp_path / "o.onnx").exists()
 
 
