@@ -4,22 +4,81 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
+import os
 import signal
 import sys
-from typing import Any
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import msgspec
 
 from cvops import __version__
+
+if TYPE_CHECKING:
+    from cvops.config import Settings
 
 log = logging.getLogger("cvops")
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
+# attributes every LogRecord has; anything else on a record came from ``extra=`` and is printed
+_RECORD_ATTRS = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
+LOG_FORMATS = ("text", "json")
+
+
+def _log_extras(record: logging.LogRecord) -> dict[str, Any]:
+    return {k: v for k, v in record.__dict__.items() if k not in _RECORD_ATTRS and not k.startswith("_")}
+
+
+def _kv(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    if text == "" or any(c.isspace() or c in '"=' for c in text):
+        return json.dumps(text)
+    return text
+
+
+class TextFormatter(logging.Formatter):
+    """``TIME LEVEL LOGGER message key=value ...``: the ``extra=`` fields after the message."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
+        line = super().formatMessage(record)
+        extras = _log_extras(record)
+        if extras:
+            line += " " + " ".join(f"{k}={_kv(v)}" for k, v in extras.items())
+        return line
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ts, level, logger, message, the ``extra=`` fields, exc (a traceback)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key, value in _log_extras(record).items():
+            out.setdefault(key, value)
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            out["stack"] = self.formatStack(record.stack_info)
+        return json.dumps(out, default=str)
+
+
+def _setup_logging(level: str, fmt: str = "text") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(getattr(logging, level.upper(), logging.INFO))
 
 
 def _out(line: str) -> None:
@@ -27,35 +86,56 @@ def _out(line: str) -> None:
     sys.stdout.flush()
 
 
-async def _serve(args: argparse.Namespace) -> int:
+def _fail(message: str) -> int:
+    """A start-up failure: one line on stderr (a JSON object with CVOPS_LOG_FORMAT=json), exit status 1."""
+    root = logging.getLogger()
+    if any(isinstance(h.formatter, JsonFormatter) for h in root.handlers):
+        log.error("cvops: %s", message, extra={"event": "startup_failed"})
+    else:
+        sys.stderr.write(f"cvops: {message}\n")
+        sys.stderr.flush()
+    return 1
+
+
+async def _serve(args: argparse.Namespace, settings: Settings) -> int:
     from aiohttp import web
 
-    from cvops.config import load_settings
     from cvops.platform.app import make_app
-    from cvops.platform.runtime import boot_ctx, default_signals
+    from cvops.platform.runtime import (
+        boot_ctx,
+        check_secrets,
+        default_signals,
+        listen_socket,
+        pick_dashboard_port,
+        secure_data_dir,
+    )
 
-    overrides: dict[str, Any] = {}
-    if args.host:
-        overrides["host"] = args.host
-    if args.port is not None:
-        overrides["port"] = args.port
-    if args.data_dir:
-        overrides["data_dir"] = args.data_dir
-    settings = load_settings(**overrides)
+    # every check that can fail runs before anything starts: the port is bound before Ray boots
+    check_secrets(settings)
+    secure_data_dir(settings.data_path)
+    sock = listen_socket(settings.host, settings.port)
+    if not settings.ray_address:
+        settings = msgspec.structs.replace(settings, dashboard_port=pick_dashboard_port(settings))
     stop = asyncio.Event()
+    failed: list[str] = []
     loop = asyncio.get_running_loop()
 
     def install() -> None:
         for sig in default_signals():
             loop.add_signal_handler(sig, stop.set)
 
-    def announce(dashboard: str | None, generated: str | None, error: str | None = None) -> None:
+    def announce(
+        dashboard: str | None, generated: str | None, error: str | None = None, hint: str = ""
+    ) -> None:
         if error:
-            _out(f"cvops failed to start its actors: {error}")
+            failed.append(error)
+            _fail(f"cannot start: {error}")
             stop.set()
             return
         if dashboard:
             _out(f"Ray dashboard: {dashboard}")
+            if hint:
+                _out(f"  ({hint})")
         if generated:
             _out(f"Created user 'admin' with generated password: {generated}  (shown once)")
         _out("cvops ready")
@@ -66,13 +146,12 @@ async def _serve(args: argparse.Namespace) -> int:
     # no per-request access log: at 100 concurrent users it costs CPU; /metrics counts requests
     runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=5.0, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True)
+    site = web.SockSite(runner, sock)
     await site.start()
-    port = settings.port
-    server = getattr(site, "_server", None)
-    if server is not None and server.sockets:
-        port = server.sockets[0].getsockname()[1]
-    _out(f"cvops gateway: http://{settings.host}:{port}")
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in str(host) else host
+    log.info("gateway listening", extra={"host": host, "port": port, "data_dir": str(settings.data_path)})
+    _out(f"cvops gateway: http://{shown}:{port}")
     await stop.wait()
     _out("cvops stopping")
     try:
@@ -80,12 +159,29 @@ async def _serve(args: argparse.Namespace) -> int:
     except TimeoutError:
         log.warning("shutdown took longer than 25 s")
     _out("cvops stopped")
-    return 0
+    return 1 if failed else 0
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    _setup_logging(args.log_level)
-    return asyncio.run(_serve(args))
+    from cvops.config import load_settings
+    from cvops.errors import CvopsError
+
+    overrides: dict[str, Any] = {}
+    if args.host:
+        overrides["host"] = args.host
+    if args.port is not None:
+        overrides["port"] = args.port
+    if args.data_dir:
+        overrides["data_dir"] = args.data_dir
+    fmt = (args.log_format or os.environ.get("CVOPS_LOG_FORMAT") or "text").lower()
+    if fmt not in LOG_FORMATS:
+        return _fail(f"CVOPS_LOG_FORMAT={fmt!r} is not valid (set it, or --log-format, to text or json)")
+    _setup_logging(args.log_level, fmt)
+    try:
+        settings = load_settings(**overrides)
+        return asyncio.run(_serve(args, settings))
+    except CvopsError as exc:
+        return _fail(exc.message)
 
 
 class _RefusePassword(argparse.Action):
@@ -158,6 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=None, help="0 picks a free port")
     serve.add_argument("--data-dir", default=None)
     serve.add_argument("--log-level", default="INFO")
+    serve.add_argument(
+        "--log-format", choices=LOG_FORMATS, default=None, help="default: CVOPS_LOG_FORMAT, else text"
+    )
     serve.set_defaults(func=_cmd_serve)
 
     tui = sub.add_parser("tui", help="the terminal client")

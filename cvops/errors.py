@@ -105,3 +105,10 @@ class EngineUnavailable(CvopsError):
 
     status = 422
     code = "engine_unavailable"
+
+
+class StartupFailed(CvopsError):
+    """``cvops serve`` cannot start; ``message`` is the one line it prints: the cause and the setting to
+    change (never an HTTP answer)."""
+
+    code = "startup_failed"

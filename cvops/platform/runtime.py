@@ -1,30 +1,222 @@
-"""Boot and shutdown of Ray and the actors, as a cleanup_ctx of the gateway app.
+"""Start-up checks, boot and shutdown of Ray and the actors (a cleanup_ctx of the gateway app).
 
-The gateway listens first; Ray and the actors start in the background, and ``/ready`` answers 503
-until they are up.  On shutdown the actors are asked to stop, then Ray is shut down.
+Before anything starts, :func:`check_secrets`, :func:`secure_data_dir`, :func:`listen_socket` and
+:func:`pick_dashboard_port` turn every foreseeable start-up problem into a :class:`StartupFailed` with a
+one-line message naming the setting to change.  The gateway listens first; Ray and the actors start in
+the background, and ``/ready`` answers 503 until they are up.  On shutdown the actors are asked to
+stop, then Ray is shut down.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
+import ipaddress
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
 from cvops.actors.eventlog import EventStore
 from cvops.config import Settings
+from cvops.errors import CvopsError, StartupFailed
 from cvops.platform.auth import Authenticator, load_or_create_secret
 from cvops.platform.keys import SERVICES, SETTINGS
 
 log = logging.getLogger(__name__)
 
 BOOT_HOOKS: list[Any] = []  # async callables (settings, services) -> None, appended by actor modules
+
+MIN_JWT_SECRET_BYTES = 32
+MIN_ADMIN_PASSWORD_CHARS = 12
+# the obvious choices that pass the length and character-class rules (compared case-insensitively)
+COMMON_PASSWORDS = frozenset(
+    {
+        "password1234",
+        "password123!",
+        "password-123",
+        "passw0rd1234",
+        "p@ssw0rd1234",
+        "p@ssword1234",
+        "qwerty123456",
+        "qwertyuiop12",
+        "qwertyuiop123",
+        "1q2w3e4r5t6y",
+        "1qaz2wsx3edc",
+        "abc123456789",
+        "abcd12345678",
+        "admin1234567",
+        "admin123456789",
+        "administrator1",
+        "changeme1234",
+        "change-me-now",
+        "letmein12345",
+        "welcome12345",
+        "iloveyou1234",
+        "trustno11234",
+        "cvops-admin1",
+        "cvopsadmin123",
+    }
+)
+DASHBOARD_PORT_TRIES = 100
+
+
+def password_weakness(password: str) -> str | None:
+    """Why ``password`` is too weak for the admin account, or None."""
+    if len(password) < MIN_ADMIN_PASSWORD_CHARS:
+        return f"it has {len(password)} characters, fewer than {MIN_ADMIN_PASSWORD_CHARS}"
+    classes = {
+        "lower" if c.islower() else "upper" if c.isupper() else "digit" if c.isdigit() else "other"
+        for c in password
+    }
+    if len(classes) < 2:
+        return "it uses one kind of character only (mix letters with digits or symbols)"
+    if password.lower() in COMMON_PASSWORDS or len(set(password)) < 4:
+        return "it is a common or repetitive password"
+    return None
+
+
+def check_secrets(settings: Settings) -> None:
+    """Refuse a short CVOPS_JWT_SECRET and a weak CVOPS_ADMIN_PASSWORD (both optional)."""
+    if settings.jwt_secret is not None:
+        size = len(settings.jwt_secret.encode())
+        if size < MIN_JWT_SECRET_BYTES:
+            raise StartupFailed(
+                f"CVOPS_JWT_SECRET is {size} bytes, fewer than {MIN_JWT_SECRET_BYTES} (set a longer one, e.g. "
+                "`python -c 'import secrets; print(secrets.token_urlsafe(48))'`, or unset it to use a "
+                "generated one)",
+                {"env": "CVOPS_JWT_SECRET"},
+            )
+    if settings.admin_password is not None:
+        why = password_weakness(settings.admin_password)
+        if why is not None:
+            raise StartupFailed(
+                f"CVOPS_ADMIN_PASSWORD is too weak: {why} (set one of {MIN_ADMIN_PASSWORD_CHARS}+ characters "
+                "mixing letters with digits or symbols, or unset it to get a generated one)",
+                {"env": "CVOPS_ADMIN_PASSWORD"},
+            )
+
+
+_PRIVATE_FILES = ("events.db", "events.db-wal", "events.db-shm", "jwt_secret")
+_PRIVATE_DIRS = ("blobs", "datasets")
+
+
+def secure_data_dir(path: Path) -> None:
+    """umask 077 for this process (and so for Ray and every actor it starts), the data dir created or
+    narrowed to 0700, and what an older version left readable (events.db, jwt_secret, blobs/) narrowed."""
+    os.umask(0o077)
+    try:
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if not path.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, "not a directory")
+        if path.stat().st_mode & 0o077:
+            path.chmod(0o700)
+        for name in _PRIVATE_FILES + _PRIVATE_DIRS:
+            p = path / name
+            if p.exists() and p.stat().st_mode & 0o077:
+                p.chmod(p.stat().st_mode & 0o700)
+    except OSError as exc:
+        raise StartupFailed(
+            f"cannot use the data dir {path}: {exc.strerror or exc} (set CVOPS_DATA_DIR or --data-dir)",
+            {"env": "CVOPS_DATA_DIR"},
+        ) from exc
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    family, _, _, _, addr = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a fresh restart after TIME_WAIT
+        sock.bind(addr)
+        sock.listen(1024)
+    except BaseException:
+        sock.close()
+        raise
+    sock.setblocking(False)
+    return sock
+
+
+def _os_reason(exc: OSError) -> str:
+    if exc.errno == errno.EADDRINUSE:
+        return "address in use"
+    if isinstance(exc, socket.gaierror):
+        return f"unknown host ({exc.strerror})"
+    return str(exc.strerror or exc).lower()
+
+
+def listen_socket(host: str, port: int) -> socket.socket:
+    """The gateway's listening socket, bound before anything else starts."""
+    try:
+        return _bind(host, port)
+    except OSError as exc:
+        hint = "set CVOPS_HOST or --host" if isinstance(exc, socket.gaierror) else "set CVOPS_PORT or --port"
+        if exc.errno in (errno.EADDRNOTAVAIL,):
+            hint = "set CVOPS_HOST or --host"
+        raise StartupFailed(
+            f"cannot listen on {host}:{port}: {_os_reason(exc)} ({hint})", {"host": host, "port": port}
+        ) from exc
+
+
+def _port_free(host: str, port: int) -> bool:
+    try:
+        _bind(host, port).close()
+    except OSError:
+        return False
+    return True
+
+
+def pick_dashboard_port(settings: Settings, env: Mapping[str, str] | None = None) -> int:
+    """The embedded Ray dashboard's port: CVOPS_DASHBOARD_PORT if set (it must be free), else the first
+    free one from 8265 on, so that a second ``cvops serve`` on the machine starts too."""
+    env = os.environ if env is None else env
+    host, port = settings.dashboard_host, settings.dashboard_port
+    if env.get("CVOPS_DASHBOARD_PORT"):
+        if not _port_free(host, port):
+            raise StartupFailed(
+                f"cannot start the Ray dashboard on {host}:{port}: address in use (set CVOPS_DASHBOARD_PORT "
+                "to a free port, or unset it to take the next free one)",
+                {"env": "CVOPS_DASHBOARD_PORT"},
+            )
+        return port
+    for candidate in range(port, min(port + DASHBOARD_PORT_TRIES, 65536)):
+        if _port_free(host, candidate):
+            return candidate
+    raise StartupFailed(
+        f"cannot start the Ray dashboard: ports {port}-{port + DASHBOARD_PORT_TRIES - 1} on {host} are all in use "
+        "(set CVOPS_DASHBOARD_PORT)",
+        {"env": "CVOPS_DASHBOARD_PORT"},
+    )
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _token_auth_on() -> bool:
+    try:
+        from ray._private.authentication.authentication_utils import is_token_auth_enabled
+    except ImportError:  # pragma: no cover - a Ray without token auth
+        return False
+    return bool(is_token_auth_enabled())
+
+
+TOKEN_HINT = (
+    "Ray token auth is on: send the token (`ray get-auth-token`, kept in ~/.ray/auth_token) as "
+    "'Authorization: Bearer <token>', or paste it into the dashboard's sign-in"
+)
 
 
 def init_ray(settings: Settings) -> dict[str, str]:
@@ -39,15 +231,24 @@ def init_ray(settings: Settings) -> dict[str, str]:
     if ray.is_initialized():
         ctx = ray.get_runtime_context()
         return {"dashboard_url": "", "session_dir": "", "node_id": ctx.get_node_id()}
+    # Ray's driver-side warnings go through cvops' own handler (text or JSON), not Ray's format
+    ray_log = logging.getLogger("ray")
+    ray_log.handlers.clear()
+    ray_log.propagate = True
+    ray_log.setLevel(logging.WARNING)
     kwargs: dict[str, Any] = {
         "namespace": "cvops",
-        "logging_level": logging.WARNING,
         "log_to_driver": False,
-        "configure_logging": True,
+        "configure_logging": False,
     }
     if settings.ray_address:
         kwargs["address"] = settings.ray_address
     else:
+        # Ray 2.60 turns token auth on for a new local cluster unless RAY_AUTH_MODE says otherwise, and
+        # then its dashboard answers 401 to anything without the token.  A dashboard that only
+        # listens on loopback is the user's own: keep it usable as printed, unless they chose a mode.
+        if "RAY_AUTH_MODE" not in os.environ and _loopback(settings.dashboard_host):
+            os.environ["RAY_AUTH_MODE"] = "disabled"
         kwargs.update(
             include_dashboard=True,
             dashboard_host=settings.dashboard_host,
@@ -66,6 +267,7 @@ def init_ray(settings: Settings) -> dict[str, str]:
         session_dir = ""
     return {
         "dashboard_url": url,
+        "dashboard_hint": TOKEN_HINT if url and _token_auth_on() else "",
         "session_dir": session_dir,
         "node_id": ray.get_runtime_context().get_node_id(),
     }
@@ -144,11 +346,15 @@ def boot_ctx(announce: Any = None, manage_ray: bool = True) -> Any:
                     if callable(reinstall):
                         reinstall()
                 generated = await start_services(settings, services)
+                secure_data_dir(settings.data_path)  # files an actor elsewhere (RAY_ADDRESS) created
                 if announce is not None:
-                    announce(info.get("dashboard_url", ""), generated)
+                    announce(info.get("dashboard_url", ""), generated, hint=info.get("dashboard_hint", ""))
             except Exception as exc:
-                log.exception("boot failed")
-                services.boot_error = f"{type(exc).__name__}: {exc}"
+                # the one line goes out through announce; the traceback only with --log-level debug
+                log.debug("boot failed", exc_info=True)
+                message = exc.message if isinstance(exc, CvopsError) else str(exc)
+                first = (message.strip().splitlines() or [""])[0]
+                services.boot_error = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
                 if announce is not None:
                     announce(None, None, error=services.boot_error)
 
