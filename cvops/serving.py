@@ -27,7 +27,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, NoReturn, Protocol, TypeVar
 
 import msgspec
 import numpy as np
@@ -298,7 +298,7 @@ class BatchingRouter(Generic[ItemT, ResultT]):
                 retry_after=self._retry_after(depth),
             )
 
-    def _refuse_bytes(self, max_bytes: int) -> None:
+    def _refuse_bytes(self, max_bytes: int) -> NoReturn:
         self._requests += 1
         self._rejected += 1
         self._win.requests += 1
@@ -315,12 +315,7 @@ class BatchingRouter(Generic[ItemT, ResultT]):
         extra = nbytes - adm.bytes
         others = self._body_bytes - adm.bytes
         if adm.max_bytes is not None and others and self._body_bytes + extra > adm.max_bytes:
-            raise TooManyRequests(
-                f"too many request bodies in flight for this deployment (cap {adm.max_bytes} bytes, "
-                "CVOPS_MAX_PREDICT_INFLIGHT_BYTES)",
-                {"max_inflight_bytes": adm.max_bytes, "setting": "CVOPS_MAX_PREDICT_INFLIGHT_BYTES"},
-                retry_after=self._retry_after(max(1, self._queued + self._inflight_items)),
-            )
+            self._refuse_bytes(adm.max_bytes)
         adm.bytes = nbytes
         self._body_bytes += extra
 

@@ -466,3 +466,78 @@ def test_stored_bytes_survive_a_restart(site: Site, tmp_path_factory: pytest.Tem
     assert reply["error"]["details"]["used"] >= 20_000, reply
     status, rec = upload_dataset(site.url, site.tokens["quinn"], _tiny_zip(), name="quinn-tiny", wait=False)
     assert status == 202, rec  # what still fits is let in
+
+
+# ------------------------------------------------------------- the cores, without a server (fast)
+
+
+async def test_stored_bytes_are_a_fold_of_the_sqlite_log(tmp_path: Path) -> None:
+    """Who stored what is read back from a real SQLite log; a new reader (a restart) gets the same."""
+    from cvops.blobs import BlobStore
+    from cvops.errors import PayloadTooLarge
+    from cvops.events.log import EventLog
+    from cvops.events.schema import DatasetRejected, DatasetUploaded, ModelDeleted, ModelUploaded
+    from cvops.platform.uploads import UploadQuota
+
+    sha = "ab" * 32
+    model = ModelUploaded(
+        model_id="m1",
+        name="m",
+        task="classification",
+        source_format="onnx",
+        source_sha256=sha,
+        source_bytes=700,
+    )
+    blobs = BlobStore(tmp_path / "blobs")
+    async with await EventLog.open(tmp_path / "events.db") as log:
+        await log.append("model-m1", [model], 0, user="quinn")
+        for i, (user, size) in enumerate((("quinn", 200), ("ed", 900), ("quinn", 50))):
+            ds = DatasetUploaded(dataset_id=f"d{i}", name="d", task="classification", format="imagefolder",
+                                 sha256=sha, bytes=size)  # fmt: skip
+            await log.append(f"dataset-d{i}", [ds], 0, user=user)
+        await log.append("dataset-d2", [DatasetRejected(dataset_id="d2", reason="bad")], 1)
+        quota = UploadQuota(log, 1000, blobs)
+        await quota.catch_up()
+        assert (quota.used("quinn"), quota.used("ed")) == (900, 900)
+        with pytest.raises(PayloadTooLarge) as err:
+            quota.reserve("quinn", 101)
+        assert err.value.details["setting"] == "CVOPS_MAX_STORED_BYTES_PER_USER"
+        hold = quota.reserve("quinn", 100)  # an upload in progress counts ...
+        assert quota.used("quinn") == 1000
+        with pytest.raises(PayloadTooLarge):
+            hold.hold(101)  # ... and may not grow past the quota while it streams
+        hold.release()
+        assert quota.used("quinn") == 900
+        await log.append("model-m1", [ModelDeleted(model_id="m1")], 1, user="admin")
+        await quota.catch_up()
+        assert quota.used("quinn") == 200
+        again = UploadQuota(log, 1000, blobs)  # rebuilt from the log alone
+        await again.catch_up()
+        assert again.state == quota.state
+
+
+async def test_router_admission_takes_a_slot_and_caps_bytes() -> None:
+    from cvops.errors import TooManyRequests
+    from cvops.serving import BatchingRouter
+
+    class Echo:
+        async def call(self, items: list[Any]) -> list[Any]:
+            return items
+
+    router: BatchingRouter[Any, Any] = BatchingRouter([Echo()], queue_limit=2, max_wait_ms=0)
+    a = router.admit(600, max_bytes=1000)
+    with pytest.raises(TooManyRequests) as err:
+        router.admit(500, max_bytes=1000)  # 1,100 bytes of bodies would be held
+    assert err.value.details["setting"] == "CVOPS_MAX_PREDICT_INFLIGHT_BYTES"
+    b = router.admit(100, max_bytes=1000)
+    with pytest.raises(TooManyRequests) as err:
+        router.admit(0, max_bytes=1000)  # two slots taken by bodies still being read
+    assert err.value.details["queue_limit"] == 2
+    with pytest.raises(TooManyRequests):
+        b.hold(500)  # a body that turns out bigger than declared is refused as it arrives
+    assert await router.submit("x", a) == "x"
+    a.release()
+    b.release()
+    assert (router.admitted, router.body_bytes, router.queued, router.inflight) == (0, 0, 0, 0)
+    assert router.stats().rejected == 3
+    await router.close()
