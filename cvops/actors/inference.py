@@ -61,7 +61,14 @@ class InferenceWorker:
             threads=threads,
             max_batch=max_batch,
         )
-        self.predictor = Predictor(eng, model["task"], model.get("labels") or [], pre, threads=threads)
+        self.predictor = Predictor(
+            eng,
+            model["task"],
+            model.get("labels") or [],
+            pre,
+            threads=threads,
+            video_timeout_s=settings.video_deadline_s,
+        )
 
     # No Ray task event per batch: traffic is counted in metrics, not recorded (DESIGN.md §2), and the
     # GCS would otherwise keep up to 100k task records of it (+50 MiB in a 4-minute soak at 550 req/s).

@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import logging
 import math
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -22,7 +23,7 @@ from typing import Any, Protocol, TypeVar
 import numpy as np
 from PIL import Image, ImageOps
 
-from cvops.errors import CvopsError, UnsupportedMediaType, ValidationFailed
+from cvops.errors import CvopsError, GatewayTimeout, UnsupportedMediaType, ValidationFailed
 from cvops.events.schema import Preprocessing
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,16 @@ IMAGE_TYPES: dict[str, list[str]] = {
     "image/png": ["PNG", "JPEG"],
 }
 VIDEO_TYPES = frozenset({"video/mp4", "video/quicktime", "video/x-m4v"})
+#: The one FFmpeg demuxer a video body is opened with (``mp4`` names the mov/mp4 demuxer, which also
+#: reads the QuickTime and m4v types above).  Never FFmpeg's format probe: it would pick any of its
+#: few hundred demuxers from the bytes, whatever the Content-Type said.
+VIDEO_FORMAT = "mp4"
+#: Codecs decoded from it (FFmpeg codec descriptor names, so ``av1`` covers libdav1d): what mp4s from
+#: cameras, phones, browsers and encoders carry — H.264 and HEVC above all, AV1 and VP9 from web
+#: pipelines, MPEG-4 Part 2 from older cameras and FFmpeg's built-in encoder.  Their decoders are the
+#: most used and most fuzzed; everything else FFmpeg would decode from an mp4 (mjpeg, ffv1, png,
+#: prores, mpeg2video, qtrle, rawvideo, ...) is refused with 422: extra decoders are attack surface.
+VIDEO_CODECS = ("h264", "hevc", "mpeg4", "av1", "vp9")
 LETTERBOX_PAD = 114
 _MAX_WH = 7680.0  # class offset for class-aware NMS (bigger than any input side)
 _MAX_NMS = 30_000  # candidates kept for NMS, best first
@@ -347,6 +358,11 @@ class VideoFrames(Iterator[tuple[int, np.ndarray]]):
     ``index`` counts every decoded frame (so with ``stride`` 2 the indices are 0, 2, 4, ...).
     With ``fit`` (height, width) frames are scaled on decode to fit inside that box (ratio kept);
     ``height``/``width`` stay the original size, which is what boxes refer to.
+
+    The body is opened as an mp4 only (:data:`VIDEO_FORMAT`) and its first video stream decoded only
+    with a codec of :data:`VIDEO_CODECS` (else 422).  ``deadline`` (a :func:`time.monotonic` time) is
+    checked before each frame is decoded; past it the video is closed and :class:`GatewayTimeout`
+    (504) raised, so a slow video stops instead of running on after its request has been answered.
     """
 
     def __init__(
@@ -357,18 +373,22 @@ class VideoFrames(Iterator[tuple[int, np.ndarray]]):
         stride: int = 1,
         fit: tuple[int, int] | None = None,
         max_pixels: int = MAX_PIXELS,
+        deadline: float | None = None,
     ) -> None:
         import av  # local: only video needs it
 
         self._av = av
+        self._deadline = deadline
         if stride < 1 or max_frames < 1:
             raise ValidationFailed("stride and max_frames must be >= 1")
         if not data:
             raise ValidationFailed("empty video body")
         try:
-            self._container = av.open(io.BytesIO(data), mode="r")
+            self._container = av.open(
+                io.BytesIO(data), mode="r", format=VIDEO_FORMAT, options={"enable_drefs": "0"}
+            )
         except (av.FFmpegError, OSError, ValueError, EOFError) as e:
-            raise ValidationFailed(f"cannot decode video: {e}") from e
+            raise ValidationFailed(f"cannot decode video: not a readable mp4 ({e})") from e
         if not self._container.streams.video:
             self._container.close()
             raise ValidationFailed("the file has no video stream")
@@ -377,6 +397,13 @@ class VideoFrames(Iterator[tuple[int, np.ndarray]]):
         if ctx is None:  # e.g. a truncated file whose codec parameters are missing
             self._container.close()
             raise ValidationFailed("cannot decode video: the video stream has no usable codec")
+        codec = ctx.codec.canonical_name
+        if codec not in VIDEO_CODECS:
+            self._container.close()
+            raise ValidationFailed(
+                f"video codec {codec!r} is not accepted; send {', '.join(VIDEO_CODECS)} in an mp4",
+                {"codec": codec, "allowed": list(VIDEO_CODECS)},
+            )
         stream.thread_type = "AUTO"
         self._stream = stream
         self.width = int(ctx.width or 0)
@@ -412,6 +439,12 @@ class VideoFrames(Iterator[tuple[int, np.ndarray]]):
             self.close()
             raise StopIteration
         while True:
+            if self._deadline is not None and time.monotonic() > self._deadline:
+                self.close()
+                raise GatewayTimeout(
+                    "video decoding did not finish before its deadline",
+                    {"stage": "video_decode", "frames_decoded": self._index + 1},
+                )
             try:
                 frame = next(self._frames)
             except StopIteration:
@@ -438,10 +471,15 @@ class VideoFrames(Iterator[tuple[int, np.ndarray]]):
 
 
 def decode_video(
-    data: bytes, max_frames: int = 300, stride: int = 1, fit: tuple[int, int] | None = None
+    data: bytes,
+    max_frames: int = 300,
+    stride: int = 1,
+    fit: tuple[int, int] | None = None,
+    deadline: float | None = None,
 ) -> VideoFrames:
-    """Open an in-memory mp4 (anything FFmpeg reads); raises ValidationFailed if it does not decode."""
-    return VideoFrames(data, max_frames=max_frames, stride=stride, fit=fit)
+    """Open an in-memory mp4 (allow-listed codecs only); raises ValidationFailed if it is anything
+    else or does not decode, GatewayTimeout once ``deadline`` (monotonic) has passed."""
+    return VideoFrames(data, max_frames=max_frames, stride=stride, fit=fit, deadline=deadline)
 
 
 def predict_video_frames(
@@ -526,6 +564,7 @@ class Predictor:
         video_max_frames: int = 300,
         video_stride: int = 1,
         video_batch: int = 8,
+        video_timeout_s: float | None = None,
     ) -> None:
         if task not in ("classification", "detection"):
             raise ValidationFailed(f"unknown task {task!r}", {"task": task})
@@ -540,6 +579,7 @@ class Predictor:
             video_stride,
             video_batch,
         )
+        self.video_timeout_s = video_timeout_s  # for all the videos of one predict_images call
         self._target = (int(preprocessing.image_size[0]), int(preprocessing.image_size[-1]))
         self._key = "detections" if task == "detection" else "predictions"
 
@@ -571,8 +611,10 @@ class Predictor:
     def predict_images(self, items: Sequence[ImageItem]) -> list[dict[str, Any]]:
         """Per item ``{"predictions"|"detections": [...]}`` or ``{"error": {...}}``; one engine batch.
 
-        Items whose content type is a video are handled one by one with :meth:`predict_video`.
+        Items whose content type is a video are handled one by one with :meth:`predict_video`, all
+        under one deadline, ``video_timeout_s`` from the start of the call.
         """
+        deadline = None if self.video_timeout_s is None else time.monotonic() + self.video_timeout_s
         results: list[dict[str, Any] | None] = [None] * len(items)
         good: list[int] = []
         tensors: list[np.ndarray] = []
@@ -580,7 +622,7 @@ class Predictor:
         for i, (data, ctype, _k) in enumerate(items):
             try:
                 if media_type(ctype) in VIDEO_TYPES:
-                    results[i] = self.predict_video(data)
+                    results[i] = self.predict_video(data, deadline)
                     continue
                 x, t = self.prepare(data, ctype)
             except CvopsError as e:
@@ -598,10 +640,14 @@ class Predictor:
                     results[i] = _error_dict(e)
         return [r if r is not None else _error_dict(CvopsError("no result")) for r in results]
 
-    def predict_video(self, data: bytes) -> dict[str, Any]:
-        """``{"frames": [{"index", "detections"|"predictions"}], "fps", "width", "height"}``."""
+    def predict_video(self, data: bytes, deadline: float | None = None) -> dict[str, Any]:
+        """``{"frames": [{"index", "detections"|"predictions"}], "fps", "width", "height"}``.
+
+        ``deadline`` (monotonic; default ``video_timeout_s`` from now): past it, GatewayTimeout."""
+        if deadline is None and self.video_timeout_s is not None:
+            deadline = time.monotonic() + self.video_timeout_s
         fit = self._target if self.pre.resize == "letterbox" else None
-        video = decode_video(data, self.video_max_frames, self.video_stride, fit=fit)
+        video = decode_video(data, self.video_max_frames, self.video_stride, fit=fit, deadline=deadline)
         orig_hw = (video.height, video.width)
 
         def batch(frames: list[np.ndarray]) -> list[list[dict[str, Any]]]:
@@ -614,6 +660,14 @@ class Predictor:
                 {"index": i, self._key: r}
                 for i, r in predict_video_frames(video, batch, max(1, self.video_batch))
             ]
+        except GatewayTimeout as e:
+            if self.video_timeout_s is None:
+                raise
+            raise GatewayTimeout(
+                f"video decoding did not finish within {self.video_timeout_s:g} s "
+                f"(CVOPS_VIDEO_TIMEOUT_S); send a shorter or smaller video",
+                {**e.details, "timeout_s": self.video_timeout_s},
+            ) from None
         finally:
             video.close()
         if not frames:
@@ -622,4 +676,4 @@ class Predictor:
 
 
 def _error_dict(e: CvopsError) -> dict[str, Any]:
-    return {"error": {"code": e.code, "message": e.message, "status": e.status}}
+    return {"error": {"code": e.code, "message": e.message, "status": e.status, "details": e.details}}
