@@ -397,7 +397,10 @@ class VideoFrames(Iterator[tuple[int, np.ndarray]]):
         if ctx is None:  # e.g. a truncated file whose codec parameters are missing
             self._container.close()
             raise ValidationFailed("cannot decode video: the video stream has no usable codec")
-        codec = ctx.codec.canonical_name
+        try:
+            codec = str(ctx.codec.canonical_name or ctx.name or "unknown")
+        except (self._av.FFmpegError, AttributeError, ValueError):  # no decoder for the codec id
+            codec = "unknown"
         if codec not in VIDEO_CODECS:
             self._container.close()
             raise ValidationFailed(
