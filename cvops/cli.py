@@ -179,9 +179,15 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     _setup_logging(args.log_level, fmt)
     try:
         settings = load_settings(**overrides)
-        return asyncio.run(_serve(args, settings))
+        status = asyncio.run(_serve(args, settings))
     except CvopsError as exc:
         return _fail(exc.message)
+    if status != 0:  # the boot failed part-way: nothing it started may outlive us, nor keep us alive
+        from cvops.platform.runtime import exit_soon, stop_descendants
+
+        stop_descendants()
+        exit_soon(status)
+    return status
 
 
 class _RefusePassword(argparse.Action):

@@ -314,6 +314,46 @@ async def stop_services(services: Any) -> None:
             log.warning("closing the event log failed: %r", exc)
 
 
+def stop_descendants(timeout: float = 5.0) -> None:
+    """Stop every process this one started (a half-started Ray after a failed boot leaves its GCS and
+    raylet behind, and no reaper was started for them): SIGTERM, then SIGKILL after ``timeout``."""
+    import psutil
+
+    try:
+        procs = psutil.Process().children(recursive=True)
+    except psutil.Error:
+        return
+    for proc in procs:
+        try:
+            proc.terminate()
+        except psutil.Error:
+            continue
+    _, alive = psutil.wait_procs(procs, timeout=timeout)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.Error:
+            continue
+
+
+def exit_soon(status: int, grace_s: float = 10.0) -> None:
+    """Make sure the process ends with ``status`` even if a thread that Ray left behind would keep the
+    interpreter from exiting: a daemon timer forces the exit after ``grace_s``."""
+    import threading
+
+    def force() -> None:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(status)
+
+    timer = threading.Timer(grace_s, force)
+    timer.daemon = True
+    timer.start()
+
+
 def start_reaper(session_dir: str) -> None:
     """A tiny process that outlives a ``kill -9`` of this server and then stops the Ray processes of
     this session, so the next start finds the database free."""
