@@ -88,6 +88,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         return self.data_path / "events.db"
 
     @property
+    def weights_path(self) -> Path:
+        """Where published pre-trained weights are cached (CVOPS_WEIGHTS_CACHE)."""
+        return Path(self.weights_cache) if self.weights_cache else self.data_path / "weights"
+
+    @property
     def blob_root(self) -> Path:
         return self.data_path / "blobs"
 

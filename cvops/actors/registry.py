@@ -126,6 +126,7 @@ def _convert_task(settings: Settings, rec: dict[str, Any]) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(dir=blobs.tmp_dir) as tmp:
         out = Path(tmp) / "model.onnx"
         torch_sha, torch_format, arch = "", "", rec.get("arch")
+        pretrained_fields: dict[str, str] = {}
         fmt = rec["source_format"]
         if fmt == "preset" or (fmt == "state_dict" and rec.get("arch") in presets.PRESETS):
             state = None
@@ -136,13 +137,24 @@ def _convert_task(settings: Settings, rec: dict[str, Any]) -> dict[str, Any]:
                 state = presets.load_state_dict_file(blobs.path(rec["source_sha256"]))
                 if num_classes is None and not rec.get("labels"):
                     num_classes = infer_num_classes(rec["arch"], state)
+            labels = rec.get("labels") or None
+            weights = None
+            if rec.get("pretrained"):
+                from cvops.ml import pretrained
+
+                weights = pretrained.load_pretrained(rec["preset"], settings.weights_path)
+                if num_classes is None and labels is None and weights.labels:
+                    labels = weights.labels
             built = presets.build_preset(
                 rec.get("preset") or rec["arch"],
                 num_classes=num_classes,
                 image_size=rec.get("image_size"),
-                labels=rec.get("labels") or None,
+                labels=labels,
                 state_dict=state,
             )
+            if weights is not None:
+                pretrained.load_into(built.module, weights.state_dict)
+                pretrained_fields = {"pretrained_file": weights.file, "pretrained_sha256": weights.sha256}
             # the torch form is a state_dict cvops writes from the built module, never the upload itself
             buf = io.BytesIO()
             torch.save(built.module.state_dict(), buf)
@@ -181,6 +193,7 @@ def _convert_task(settings: Settings, rec: dict[str, Any]) -> dict[str, Any]:
         torch_sha256=torch_sha,
         torch_format=torch_format,
         arch=arch,
+        **pretrained_fields,
     )
     return fields
 
@@ -349,6 +362,8 @@ class _RegistryActor:
                 torch_sha256=fields.get("torch_sha256", ""),
                 torch_format=fields.get("torch_format", ""),
                 arch=fields.get("arch"),
+                pretrained_file=fields.get("pretrained_file", ""),
+                pretrained_sha256=fields.get("pretrained_sha256", ""),
             )
             await self._append(model_stream(model_id), [event], self._model(model_id).version)
             m = self._model(model_id)

@@ -124,6 +124,8 @@ class ModelRecord(msgspec.Struct, kw_only=True):
     parent_model_id: str | None = None
     dataset_id: str | None = None
     hyperparameters: dict[str, Any] = msgspec.field(default_factory=dict)
+    pretrained: bool = False
+    pretrained_weights: dict[str, str] | None = None  # {"file", "sha256"}
     # sha256, bytes, opset, inputs, outputs, parameter_count, preprocessing
     onnx: dict[str, Any] | None = None
     parity: dict[str, Any] | None = None
@@ -165,6 +167,7 @@ def apply_models(state: ModelsState, env: s.Envelope) -> ModelsState:
             parent_model_id=ev.parent_model_id,
             dataset_id=ev.dataset_id,
             hyperparameters=dict(ev.hyperparameters),
+            pretrained=ev.pretrained,
             created_ts=env.ts,
             updated_ts=env.ts,
             version=env.version,
@@ -196,6 +199,8 @@ def apply_models(state: ModelsState, env: s.Envelope) -> ModelsState:
                 "torch_arch": ev.arch,
             }
             m.parity = msgspec.to_builtins(ev.parity)
+            if ev.pretrained_sha256:
+                m.pretrained_weights = {"file": ev.pretrained_file, "sha256": ev.pretrained_sha256}
             if ev.labels:
                 m.labels = list(ev.labels)
             m.error = None

@@ -108,6 +108,7 @@ class ModelUploaded(Event, frozen=True):
     parent_model_id: str | None = None
     dataset_id: str | None = None
     hyperparameters: dict[str, Any] = {}
+    pretrained: bool = False  # a preset with its published weights
 
 
 class ModelConversionStarted(Event, frozen=True):
@@ -130,6 +131,9 @@ class ModelConverted(Event, frozen=True):
     torch_sha256: str = ""
     torch_format: str = ""
     arch: str | None = None
+    # the published weights file a pretrained preset was built from, and its sha256 as read
+    pretrained_file: str = ""
+    pretrained_sha256: str = ""
 
 
 class ModelRejected(Event, frozen=True):

@@ -25,6 +25,7 @@ class PresetRequest(msgspec.Struct, forbid_unknown_fields=True):
     num_classes: int | None = None
     image_size: int | None = None
     labels: list[str] | None = None
+    pretrained: bool = False  # the publisher's weights, from the weights cache (CVOPS_WEIGHTS_CACHE)
 
 
 class ModelOut(msgspec.Struct):
@@ -178,7 +179,12 @@ async def create_preset(request: web.Request) -> web.StreamResponse:
         "num_classes": body.num_classes or (len(body.labels) if body.labels else None),
         "image_size": body.image_size,
         "labels": body.labels or [],
+        "pretrained": body.pretrained,
     }
+    if body.pretrained:
+        from cvops.ml.pretrained import published
+
+        published(body.preset)  # 422 now for a preset without published weights
     record = await request.app[SERVICES].need("registry").register(fields, principal(request).username)
     return await _reply(request, record)
 

@@ -264,3 +264,39 @@ def test_ultralytics_upload_over_http(live: Live, yolo_ckpt: Path, tmp_path: Pat
     )
     assert status == 422, body
     assert "os.system" in body["error"]["message"]
+
+
+# ------------------------------------------------------------------------------ conversion limits
+
+
+def test_conversion_memory_cap_is_sized_from_the_machine() -> None:
+    import psutil
+
+    from cvops.actors.registry import conversion_memory_bytes
+    from cvops.config import load_settings
+
+    total = psutil.virtual_memory().total
+    assert conversion_memory_bytes(load_settings({})) == total // 2
+    assert conversion_memory_bytes(load_settings({"CVOPS_MAX_CONVERSIONS": "4"})) == total // 4
+
+
+@pytest.mark.slow
+def test_conversion_past_its_wall_clock_limit_is_stopped_and_rejected(tmp_path: Path) -> None:
+    from tests.e2e.server import Server
+
+    server = Server(tmp_path / "data", CVOPS_CONVERSION_TIMEOUT_S="0.5").start()
+    try:
+        token = server.token()
+        status, body = request(
+            server.url, "POST", f"{API}/models/presets?wait=true",
+            {"preset": "resnet18", "name": "slow"}, token, timeout=300,
+        )  # fmt: skip
+        assert status == 422, body
+        assert "CVOPS_CONVERSION_TIMEOUT_S" in body["error"]["message"]
+        rec = body["error"]["details"]["model"]
+        assert rec["status"] == "failed" and rec["attempts"] == 1
+        # the server is still healthy and converts what fits in the limit's place
+        status, _ = request(server.url, "GET", "/ready")
+        assert status == 200
+    finally:
+        server.stop()
