@@ -55,6 +55,10 @@ async def submit_job(request: web.Request) -> web.StreamResponse:
     from cvops.ml.training import is_default
 
     who = principal(request)
+    services = request.app[SERVICES]
+    scheduler = services.need("scheduler")
+    limit = request.app[SETTINGS].max_queued_jobs_per_user
+    await _check_queued(scheduler, who.username, limit)  # admitted before the body is read (§5)
     req = decode_job_request(await _body(request))
     spec = job_spec(req)
     kind = spec["kind"]
@@ -69,7 +73,6 @@ async def submit_job(request: web.Request) -> web.StreamResponse:
             raise ValidationFailed(
                 "evolve needs CVOPS_GPU_TOKENS >= 2 (the evolution holds one token, its trials another)"
             )
-    services = request.app[SERVICES]
     if kind == "train" and who.role != "admin" and not is_default(spec.get("hyperparameters") or {}):
         raise Forbidden("engineers may only train with the default hyperparameters", {"required": ["admin"]})
     if kind == "train":
@@ -88,21 +91,24 @@ async def submit_job(request: web.Request) -> web.StreamResponse:
             raise ValidationFailed(
                 f"dataset {spec['dataset_id']} is {ds['status']}, not ready", {"field": "dataset_id"}
             )
-    scheduler = services.need("scheduler")
-    limit = request.app[SETTINGS].max_queued_jobs_per_user
-    # one submission per user at a time in this gateway, so the count below cannot be raced past
+    # one submission per user at a time in this gateway, so the count cannot be raced past
     locks: dict[str, asyncio.Lock] = services.extra.setdefault("job_submit_locks", {})
     async with locks.setdefault(who.username, asyncio.Lock()):
-        waiting = await _waiting_jobs(scheduler, who.username)
-        if len(waiting) >= limit:
-            raise TooManyRequests(
-                f"{who.username} already has {len(waiting)} jobs waiting in the queue; at most {limit} "
-                f"per user (CVOPS_MAX_QUEUED_JOBS_PER_USER)",
-                {"queued": len(waiting), "limit": limit, "setting": "CVOPS_MAX_QUEUED_JOBS_PER_USER"},
-                retry_after=30.0,
-            )
+        await _check_queued(scheduler, who.username, limit)
         view = await scheduler.submit(kind, spec, who.username)
     return json_response(view, status=202)
+
+
+async def _check_queued(scheduler: Any, username: str, limit: int) -> None:
+    """429 naming the setting when ``username`` already has ``limit`` jobs waiting for a token."""
+    waiting = await _waiting_jobs(scheduler, username)
+    if len(waiting) >= limit:
+        raise TooManyRequests(
+            f"{username} already has {len(waiting)} jobs waiting in the queue; at most {limit} "
+            f"per user (CVOPS_MAX_QUEUED_JOBS_PER_USER)",
+            {"queued": len(waiting), "limit": limit, "setting": "CVOPS_MAX_QUEUED_JOBS_PER_USER"},
+            retry_after=30.0,
+        )
 
 
 async def _waiting_jobs(scheduler: Any, username: str) -> list[str]:

@@ -174,6 +174,12 @@ def test_queued_jobs_per_user_are_capped(
     assert reply["error"]["code"] == "too_many_requests"
     assert "CVOPS_MAX_QUEUED_JOBS_PER_USER" in reply["error"]["message"], reply
     assert reply["error"]["details"]["limit"] == 2 and reply["error"]["details"]["queued"] == 2
+    sock = _open(site, f"{API}/jobs", "eve", "application/json", 500)  # refused from the headers alone
+    try:
+        status, headers, reply = _reply(sock)
+    finally:
+        sock.close()
+    assert status == 429 and int(headers["retry-after"]) >= 1, reply
     # the cap is per user: another engineer still gets in
     status, other = _submit(site, train, "ed")
     assert status == 202, other
