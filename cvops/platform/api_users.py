@@ -21,9 +21,11 @@ from cvops.platform.routes import ADMIN, ANYONE, EVERY_ROLE, Route
 
 
 async def token(request: web.Request) -> web.StreamResponse:
-    body = await read_json(request, TokenRequest, request.app[SETTINGS].max_json_bytes)
     auth = request.app[SERVICES].need_auth()
-    # the per-client limit keys on the peer address (behind a proxy: the proxy's, for all clients)
+    # the per-client limit keys on the peer address (behind a proxy: the proxy's, for all clients);
+    # a blocked address is refused before its body is read
+    auth.throttle.check_client(request.remote)
+    body = await read_json(request, TokenRequest, request.app[SETTINGS].max_json_bytes)
     access, user = await auth.login(body.username, body.password, client=request.remote)
     return json_response(
         TokenResponse(

@@ -135,6 +135,9 @@ def test_throttle_counts_before_verifying() -> None:
         t2.attempt(f"u{i}", client="10.0.0.9", now=1.0)
     with pytest.raises(TooManyRequests):
         t2.attempt("u9", client="10.0.0.9", now=1.0)
+    with pytest.raises(TooManyRequests):
+        t2.check_client("10.0.0.9", now=2.0)  # the gateway asks this before reading the body
+    t2.check_client("10.0.0.9", now=62.0)  # the window passed
     t2.attempt("u9", client="10.0.0.8", now=1.0)
 
 
