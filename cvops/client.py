@@ -18,8 +18,10 @@ import asyncio
 import concurrent.futures
 import json
 import logging
+import os
 import threading
 from collections.abc import AsyncGenerator, Coroutine, Iterator
+from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -32,6 +34,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 API = "/api/v1"
+TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 HEAD_PROBE = 2**62  # `GET /events?after=` this: no events, and `last_seq` is the log's head
 
 _BY_CODE: dict[str, type[E.CvopsError]] = {
@@ -147,22 +150,25 @@ class AsyncClient:
             headers["Authorization"] = f"Bearer {self.token}"
         return headers
 
+    def _url(self, path: str) -> str:
+        return self.base_url + (path if path.startswith(("/health", "/ready", "/metrics")) else API + path)
+
     async def request(
         self,
         method: str,
         path: str,
         *,
         json_body: Any = None,
-        data: bytes | None = None,
+        data: bytes | aiohttp.FormData | None = None,
         content_type: str | None = None,
         params: dict[str, str] | None = None,
     ) -> Any:
         """One call; ``path`` is relative to ``/api/v1`` unless it starts with ``/`` outside it
-        (``/health``).  Returns the decoded JSON (``None`` for an empty body, text for non-JSON)."""
-        url = self.base_url + (path if path.startswith(("/health", "/ready", "/metrics")) else API + path)
+        (``/health``).  Returns the decoded JSON (``None`` for an empty body, text for non-JSON).
+        ``data`` may be an :class:`aiohttp.FormData` (multipart; file parts are streamed)."""
         headers = self._headers({"Content-Type": content_type} if content_type else None)
         async with self._http().request(
-            method, url, json=json_body, data=data, params=params, headers=headers
+            method, self._url(path), json=json_body, data=data, params=params, headers=headers
         ) as resp:
             body = await resp.read()
             if resp.status >= 400:
@@ -172,6 +178,50 @@ class AsyncClient:
             if "json" in resp.headers.get("Content-Type", ""):
                 return json.loads(body)
             return body.decode("utf-8", "replace")
+
+    async def request_bytes(
+        self, method: str, path: str, *, params: dict[str, str] | None = None
+    ) -> tuple[bytes, str]:
+        """One call answered with raw bytes: ``(body, content type)`` (reports, small downloads)."""
+        async with self._http().request(
+            method, self._url(path), params=params, headers=self._headers()
+        ) as resp:
+            body = await resp.read()
+            if resp.status >= 400:
+                raise error_from_response(resp.status, body, resp.headers.get("Retry-After"))
+            return body, resp.headers.get("Content-Type", "")
+
+    async def download(self, path: str, dest: str | os.PathLike[str], chunk: int = 1 << 20) -> int:
+        """``GET path`` streamed into ``dest`` (written next to it, then renamed); returns the bytes."""
+        target = Path(dest)
+        part = target.with_name(target.name + ".part")
+        total = 0
+        async with self._http().get(self._url(path), headers=self._headers()) as resp:
+            if resp.status >= 400:
+                raise error_from_response(resp.status, await resp.read(), resp.headers.get("Retry-After"))
+            try:
+                with open(part, "wb") as fh:
+                    async for block in resp.content.iter_chunked(chunk):
+                        fh.write(block)
+                        total += len(block)
+                os.replace(part, target)
+            finally:
+                part.unlink(missing_ok=True)
+        return total
+
+    async def _upload(
+        self, path: str, file: str | os.PathLike[str], fields: dict[str, str], wait: bool
+    ) -> dict[str, Any]:
+        src = Path(file)
+        with open(src, "rb") as fh:  # aiohttp streams a file part in chunks: never read whole
+            form = aiohttp.FormData()
+            for key, value in fields.items():
+                form.add_field(key, value)
+            form.add_field("file", fh, filename=src.name, content_type="application/octet-stream")
+            out: dict[str, Any] = await self.request(
+                "POST", path, data=form, params={"wait": "true"} if wait else None
+            )
+        return out
 
     # ------------------------------------------------------------------ auth and users
 
@@ -196,6 +246,12 @@ class AsyncClient:
         out: dict[str, Any] = await self.request(
             "POST", "/users", json_body={"username": username, "password": password, "role": role}
         )
+        return out
+
+    async def update_user(self, username: str, **changes: Any) -> dict[str, Any]:
+        """``PATCH /users/{name}`` with any of ``role``, ``password``, ``disabled``."""
+        body = {k: v for k, v in changes.items() if v is not None}
+        out: dict[str, Any] = await self.request("PATCH", f"/users/{username}", json_body=body)
         return out
 
     async def delete_user(self, username: str) -> None:
@@ -224,6 +280,61 @@ class AsyncClient:
         )
         return out
 
+    async def upload_model(
+        self,
+        file: str | os.PathLike[str],
+        *,
+        task: str,
+        name: str | None = None,
+        arch: str | None = None,
+        labels: str | list[str] | None = None,
+        input_shape: str | list[int] | None = None,
+        wait: bool = False,
+    ) -> dict[str, Any]:
+        """``POST /models`` (multipart, the file streamed from disk); ``wait=True`` waits for the
+        conversion (a rejected model raises :class:`cvops.errors.ValidationFailed`)."""
+        fields = {"task": task, "name": name or Path(file).name}
+        if arch:
+            fields["arch"] = arch
+        if labels is not None:
+            fields["labels"] = labels if isinstance(labels, str) else json.dumps(list(labels))
+        if input_shape is not None:
+            fields["input_shape"] = (
+                input_shape if isinstance(input_shape, str) else json.dumps(list(input_shape))
+            )
+        return await self._upload("/models", file, fields, wait)
+
+    async def delete_model(self, model_id: str) -> None:
+        await self.request("DELETE", f"/models/{model_id}")
+
+    async def download_onnx(self, model_id: str, dest: str | os.PathLike[str]) -> int:
+        return await self.download(f"/models/{model_id}/onnx", dest)
+
+    # ------------------------------------------------------------------ datasets
+
+    async def upload_dataset(
+        self,
+        file: str | os.PathLike[str],
+        *,
+        task: str = "classification",
+        name: str | None = None,
+        fmt: str | None = None,
+        wait: bool = False,
+    ) -> dict[str, Any]:
+        """``POST /datasets`` (multipart zip, streamed from disk)."""
+        fields = {"task": task, "name": name or Path(file).stem}
+        if fmt:
+            fields["format"] = fmt
+        return await self._upload("/datasets", file, fields, wait)
+
+    async def datasets(self) -> list[dict[str, Any]]:
+        out = await self.request("GET", "/datasets")
+        return list(out["datasets"])
+
+    async def dataset(self, dataset_id: str) -> dict[str, Any]:
+        out: dict[str, Any] = await self.request("GET", f"/datasets/{dataset_id}")
+        return out
+
     # ------------------------------------------------------------------ jobs and scheduler
 
     async def jobs(self, kind: str | None = None, status: str | None = None) -> list[dict[str, Any]]:
@@ -243,6 +354,27 @@ class AsyncClient:
         out: dict[str, Any] = await self.request("POST", f"/jobs/{job_id}/cancel")
         return out
 
+    async def wait_job(
+        self, job_id: str, poll_s: float = 1.0, timeout: float | None = None
+    ) -> dict[str, Any]:
+        """Poll ``GET /jobs/{id}`` until the job ends (succeeded, failed or cancelled)."""
+        loop = asyncio.get_running_loop()
+        end = None if timeout is None else loop.time() + timeout
+        while True:
+            job = await self.job(job_id)
+            if job.get("status") in TERMINAL:
+                return job
+            if end is not None and loop.time() > end:
+                raise E.GatewayTimeout(f"job {job_id} still {job.get('status')} after {timeout} s")
+            await asyncio.sleep(poll_s)
+
+    async def report(self, job_id: str, view: str = "simple", fmt: str = "md") -> bytes:
+        """``GET /jobs/{id}/report``: the report's exact bytes (json, md or html)."""
+        body, _ = await self.request_bytes(
+            "GET", f"/jobs/{job_id}/report", params={"view": view, "format": fmt}
+        )
+        return body
+
     async def scheduler(self) -> dict[str, Any]:
         out: dict[str, Any] = await self.request("GET", "/scheduler")
         return out
@@ -253,6 +385,24 @@ class AsyncClient:
         out = await self.request("GET", "/deployments")
         return list(out["deployments"])
 
+    async def deployment(self, dep_id: str) -> dict[str, Any]:
+        out: dict[str, Any] = await self.request("GET", f"/deployments/{dep_id}")
+        return out
+
+    async def create_deployment(
+        self, model_id: str, engine: str = "auto", workers: int | None = None, **kw: Any
+    ) -> dict[str, Any]:
+        """``POST /deployments`` (answers once every worker loaded the engine); ``kw``: max_batch,
+        max_wait_ms."""
+        body = {"model_id": model_id, "engine": engine, "workers": workers, **kw}
+        out: dict[str, Any] = await self.request(
+            "POST", "/deployments", json_body={k: v for k, v in body.items() if v is not None}
+        )
+        return out
+
+    async def delete_deployment(self, dep_id: str) -> None:
+        await self.request("DELETE", f"/deployments/{dep_id}")
+
     async def predict(self, dep_id: str, data: bytes, content_type: str, top_k: int = 5) -> dict[str, Any]:
         out: dict[str, Any] = await self.request(
             "POST",
@@ -261,6 +411,30 @@ class AsyncClient:
             content_type=content_type,
             params={"top_k": str(top_k)},
         )
+        return out
+
+    # ------------------------------------------------------------------ packages
+
+    async def create_package(self, model_id: str, engine: str = "onnxruntime-cpu") -> dict[str, Any]:
+        out: dict[str, Any] = await self.request(
+            "POST", "/packages", json_body={"model_id": model_id, "engine": engine}
+        )
+        return out
+
+    async def packages(self) -> list[dict[str, Any]]:
+        out = await self.request("GET", "/packages")
+        return list(out["packages"])
+
+    async def package(self, package_id: str) -> dict[str, Any]:
+        out: dict[str, Any] = await self.request("GET", f"/packages/{package_id}")
+        return out
+
+    async def download_package(self, package_id: str, dest: str | os.PathLike[str]) -> int:
+        """``GET /packages/{id}/download`` streamed into ``dest``; returns the bytes written."""
+        return await self.download(f"/packages/{package_id}/download", dest)
+
+    async def public_key(self) -> dict[str, Any]:
+        out: dict[str, Any] = await self.request("GET", "/packages/public-key")
         return out
 
     # ------------------------------------------------------------------ events
@@ -434,6 +608,62 @@ class Client:
 
     def predict(self, dep_id: str, data: bytes, content_type: str, top_k: int = 5) -> dict[str, Any]:
         return self._call(self._async.predict(dep_id, data, content_type, top_k))
+
+    def update_user(self, username: str, **changes: Any) -> dict[str, Any]:
+        return self._call(self._async.update_user(username, **changes))
+
+    def delete_user(self, username: str) -> None:
+        self._call(self._async.delete_user(username))
+
+    def upload_model(self, file: str | os.PathLike[str], **kw: Any) -> dict[str, Any]:
+        return self._call(self._async.upload_model(file, **kw))
+
+    def delete_model(self, model_id: str) -> None:
+        self._call(self._async.delete_model(model_id))
+
+    def download_onnx(self, model_id: str, dest: str | os.PathLike[str]) -> int:
+        return self._call(self._async.download_onnx(model_id, dest))
+
+    def upload_dataset(self, file: str | os.PathLike[str], **kw: Any) -> dict[str, Any]:
+        return self._call(self._async.upload_dataset(file, **kw))
+
+    def datasets(self) -> list[dict[str, Any]]:
+        return self._call(self._async.datasets())
+
+    def dataset(self, dataset_id: str) -> dict[str, Any]:
+        return self._call(self._async.dataset(dataset_id))
+
+    def wait_job(self, job_id: str, poll_s: float = 1.0, timeout: float | None = None) -> dict[str, Any]:
+        return self._call(self._async.wait_job(job_id, poll_s, timeout))
+
+    def report(self, job_id: str, view: str = "simple", fmt: str = "md") -> bytes:
+        return self._call(self._async.report(job_id, view, fmt))
+
+    def deployment(self, dep_id: str) -> dict[str, Any]:
+        return self._call(self._async.deployment(dep_id))
+
+    def create_deployment(
+        self, model_id: str, engine: str = "auto", workers: int | None = None, **kw: Any
+    ) -> dict[str, Any]:
+        return self._call(self._async.create_deployment(model_id, engine, workers, **kw))
+
+    def delete_deployment(self, dep_id: str) -> None:
+        self._call(self._async.delete_deployment(dep_id))
+
+    def create_package(self, model_id: str, engine: str = "onnxruntime-cpu") -> dict[str, Any]:
+        return self._call(self._async.create_package(model_id, engine))
+
+    def packages(self) -> list[dict[str, Any]]:
+        return self._call(self._async.packages())
+
+    def package(self, package_id: str) -> dict[str, Any]:
+        return self._call(self._async.package(package_id))
+
+    def download_package(self, package_id: str, dest: str | os.PathLike[str]) -> int:
+        return self._call(self._async.download_package(package_id, dest))
+
+    def public_key(self) -> dict[str, Any]:
+        return self._call(self._async.public_key())
 
     def events(
         self, after: int = 0, limit: int = 100, stream: str | None = None, types: str | None = None
