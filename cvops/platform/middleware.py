@@ -124,14 +124,16 @@ def bearer_token(request: web.Request, allow_query: bool = False) -> str | None:
 
 
 def optional_principal(request: web.Request) -> Principal | None:
-    """On a public route: the caller if an Authorization header came (401 if it is bad), else None."""
-    token = bearer_token(request)
-    if token is None:
-        return None
+    """On a public route: the caller if a valid Authorization header came, else None (a public route
+    never answers 401: a missing, bad or expired token just gets the anonymous answer)."""
     auth = request.app[SERVICES].auth
     if auth is None:  # still booting: nobody can be authenticated yet
         return None
-    return auth.authenticate(token)
+    try:
+        token = bearer_token(request)
+        return auth.authenticate(token) if token is not None else None
+    except Unauthorized:
+        return None
 
 
 def auth_middleware() -> web.middleware:  # type: ignore[valid-type]
