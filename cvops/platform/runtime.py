@@ -110,23 +110,30 @@ _PRIVATE_DIRS = ("blobs", "datasets")
 
 def secure_data_dir(path: Path) -> None:
     """umask 077 for this process (and so for Ray and every actor it starts), the data dir created or
-    narrowed to 0700, and what an older version left readable (events.db, jwt_secret, blobs/) narrowed."""
+    narrowed to 0700, and what an older version left readable (events.db, jwt_secret, blobs/) narrowed.
+    A data dir that cannot be created is a start-up failure; one that cannot be narrowed (another
+    user's directory) is logged, not fatal."""
     os.umask(0o077)
     try:
         path.mkdir(parents=True, exist_ok=True, mode=0o700)
         if not path.is_dir():
             raise NotADirectoryError(errno.ENOTDIR, "not a directory")
-        if path.stat().st_mode & 0o077:
-            path.chmod(0o700)
-        for name in _PRIVATE_FILES + _PRIVATE_DIRS:
-            p = path / name
-            if p.exists() and p.stat().st_mode & 0o077:
-                p.chmod(p.stat().st_mode & 0o700)
     except OSError as exc:
         raise StartupFailed(
             f"cannot use the data dir {path}: {exc.strerror or exc} (set CVOPS_DATA_DIR or --data-dir)",
             {"env": "CVOPS_DATA_DIR"},
         ) from exc
+    for p in (path, *(path / name for name in _PRIVATE_FILES + _PRIVATE_DIRS)):
+        try:
+            mode = p.stat().st_mode
+            if mode & 0o077:
+                p.chmod(mode & 0o700)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            log.warning(
+                "cannot make %s private", p, extra={"path": str(p), "error": exc.strerror or str(exc)}
+            )
 
 
 def _bind(host: str, port: int) -> socket.socket:

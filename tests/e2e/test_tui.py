@@ -41,6 +41,13 @@ async def _until(pilot: Pilot[Any], cond: Callable[[], bool], timeout: float = 6
         await pilot.pause(0.05)
 
 
+async def _logged_in(pilot: Pilot[Any], app: CvopsApp, timeout: float = 120.0) -> None:
+    """Wait for the outcome of the app's first login, not for a time: logged in, or refused (then fail
+    at once with the server's reason instead of timing out)."""
+    await _until(pilot, lambda: app.logged_in or app.last_error is not None, timeout, "the login's outcome")
+    assert app.logged_in, f"login refused: {app.last_error}"
+
+
 def _column(table: DataTable[Any], key: str) -> list[str]:
     return [str(table.get_cell(row, key)) for row in table.rows]
 
@@ -134,7 +141,7 @@ async def test_tui_models_live_events_refresh_and_quit(
 ) -> None:
     app = CvopsApp(live.url, "admin", ADMIN_PASSWORD, refresh_delay_s=0.1)
     async with app.run_test(size=SIZE) as pilot:
-        await _until(pilot, lambda: app.logged_in, what="login")
+        await _logged_in(pilot, app)
         assert app.role == "admin" and "admin (admin)" in app.sub_title
         models = app.query_one("#models", DataTable)
         await _until(pilot, lambda: tiny_model["id"] in _column(models, "id"), what="models table")
@@ -189,10 +196,13 @@ async def test_tui_login_screen_rejects_then_accepts(live: Live, monkeypatch: py
         await _until(pilot, lambda: app.refreshes > before, what="refresh on r")
 
 
-async def test_tui_viewer_sees_errors_as_notifications(live: Live) -> None:
-    app = CvopsApp(live.url, "vic", "vic-password")
+async def test_tui_viewer_sees_errors_as_notifications(live: Live, admin_api: AsyncClient) -> None:
+    # a viewer of its own: test_rbac's throttle test locks "vic" out of the shared server for a minute
+    viewer = f"tv{uuid.uuid4().hex[:8]}"
+    await admin_api.create_user(viewer, "viewer-password-1", "viewer")
+    app = CvopsApp(live.url, viewer, "viewer-password-1")
     async with app.run_test(size=SIZE) as pilot:
-        await _until(pilot, lambda: app.logged_in, what="login")
+        await _logged_in(pilot, app)
         await _until(
             pilot,
             lambda: {"models", "events"} <= {t.split(":")[0] for _, t, _ in app.notices},
@@ -220,7 +230,7 @@ async def test_tui_cancels_the_selected_job(
     )
     app = CvopsApp(live.url, "admin", ADMIN_PASSWORD, refresh_delay_s=0.1)
     async with app.run_test(size=SIZE) as pilot:
-        await _until(pilot, lambda: app.logged_in, what="login")
+        await _logged_in(pilot, app)
         jobs = app.query_one("#jobs", DataTable)
         await _until(pilot, lambda: job["id"] in _column(jobs, "id"), what="jobs table")
         await pilot.press("c")  # not on the Jobs tab: a warning, nothing cancelled
