@@ -291,6 +291,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     verify.set_defaults(func=_cmd_package_verify)
 
+    from cvops import cli_client  # login, models, datasets, train, jobs, report, deploy, predict, ...
+
+    cli_client.register(sub)
+
+    from cvops import gc  # offline, over the data dir
+
+    gc.register(sub)
+
     try:
         from cvops import replay
     except ImportError as exc:  # pragma: no cover - replay ships with the package
@@ -304,8 +312,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from cvops.cli_client import route_argv  # `cvops package MODEL` next to `cvops package verify PKG`
+
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(route_argv(sys.argv[1:] if argv is None else list(argv)))
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     return int(args.func(args))
 

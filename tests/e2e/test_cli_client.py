@@ -136,6 +136,7 @@ def test_readme_tour(live: Live, tmp_path: Path) -> None:
         assert not any("$" in a for a in argv), f"unresolved variable in {line!r}"
         proc = cli.run(*argv[1:])
         cmd = subcommand(argv)
+        print(f"$ {line}\n[exit {proc.returncode}]\n{proc.stdout}{proc.stderr}")  # shown with -rA
         used.add(cmd)
         assert proc.returncode == 0, f"{line}\nexit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
         if var:
@@ -190,7 +191,7 @@ def test_readme_tour(live: Live, tmp_path: Path) -> None:
     assert "succeeded" in train.stderr and "epoch" in train.stderr, train.stderr
     shown = results["jobs show"].stdout
     assert "succeeded" in shown and "model_id" in shown, shown
-    assert "cancelled" in results["jobs cancel"].stdout
+    assert "cancel" in results["jobs cancel"].stdout
     assert (tmp_path / "model.tar.gz").is_file() and "model.tar.gz" in results["package"].stdout
     assert results["package verify"].stdout.startswith("ok: model.tar.gz")
     assert dep_id in results["deployments rm"].stdout
