@@ -14,7 +14,14 @@ from cvops.platform.bodies import json_response, read_json
 from cvops.platform.context import principal, query_bool
 from cvops.platform.keys import SERVICES, SETTINGS
 from cvops.platform.routes import ADMIN, STAFF, Route
-from cvops.platform.uploads import check_name, default_name, read_multipart, record_rejection
+from cvops.platform.uploads import (
+    MODEL_FIELDS,
+    check_name,
+    default_name,
+    read_multipart,
+    record_rejection,
+    release_upload,
+)
 
 WAIT_S = 600.0
 
@@ -92,7 +99,7 @@ async def upload_model(request: web.Request) -> web.StreamResponse:
     query_bool(request, "wait")  # a bad ?wait= is refused before anything is stored
     blobs = _blobs(request)
     try:
-        up = await read_multipart(request, blobs, settings.max_model_bytes)
+        up = await read_multipart(request, blobs, settings.max_model_bytes, allowed=MODEL_FIELDS)
     except Exception as exc:
         await record_rejection(services.need("store"), "model", exc, who.username)
         raise
@@ -119,11 +126,13 @@ async def upload_model(request: web.Request) -> web.StreamResponse:
             "arch": up.fields.get("arch") or None,
             "num_classes": len(labels) or None,
         }
+        record = await registry.register(fields, who.username)
     except Exception as exc:
         await registry.release_blob(up.blob.sha256)  # unless another record uses the same bytes
         await record_rejection(services.need("store"), "model", exc, who.username)
         raise
-    record = await registry.register(fields, who.username)
+    finally:
+        release_upload(request)  # the record (or the released file) now speaks for these bytes
     return await _reply(request, record)
 
 
