@@ -105,6 +105,10 @@ def build_openapi(routes: list[Route] | None = None) -> dict[str, Any]:
     def content(t: Any) -> dict[str, Any]:
         if t == "text":
             return {"text/plain": {"schema": {"type": "string"}}}
+        if t == "html":
+            return {"text/html": {"schema": {"type": "string"}}}
+        if t == "asset":  # a file of the docs page
+            return {m: {"schema": {"type": "string"}} for m in ("text/css", "text/javascript", "image/png")}
         if t == "binary":
             return {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
         if t == "image":

@@ -44,10 +44,10 @@ class Route:
 
 
 def all_routes() -> list[Route]:
-    from cvops.platform import api_events, api_system, api_users
+    from cvops.platform import api_docs, api_events, api_system, api_users
 
     routes: list[Route] = []
-    for mod in (api_system, api_users, api_events):
+    for mod in (api_system, api_docs, api_users, api_events):
         routes.extend(mod.ROUTES)
     for name in ("api_models", "api_datasets", "api_jobs", "api_deployments", "api_packages"):
         try:
