@@ -1,5 +1,5 @@
-"""InferencePool: per deployment, CVOPS_INFERENCE_WORKERS InferenceWorker actors, each holding one
-engine session; the gateway-side facade owns the deployments (event-sourced, restored on restart) and
+"""InferencePool: per deployment, ``workers`` InferenceWorker actors (default: min(CVOPS_INFERENCE_WORKERS,
+cores)), each holding one engine session; the gateway-side facade owns the deployments (event-sourced, restored on restart) and
 one BatchingRouter per deployment, so a request makes exactly one hop: gateway → worker actor.
 
 Decoding, preprocessing and postprocessing run in the worker processes: the gateway only moves bytes,
@@ -119,18 +119,27 @@ def threads_per_worker(workers: int) -> int:
     return max(1, (os.cpu_count() or 1) // max(1, workers))
 
 
-def default_workers(settings: Settings) -> int:
-    """Workers for a deployment whose request names none: exactly CVOPS_INFERENCE_WORKERS (the
-    platform's contract: an InferencePool of 10 by default).
+def machine_cores() -> int:
+    """CPU cores this process may use (its affinity mask, e.g. a container's cpuset), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # pragma: no cover - platforms without sched_getaffinity
+        return max(1, os.cpu_count() or 1)
 
-    Sizing advice, measured (scripts/bench_serving.py): each worker decodes and preprocesses its batch
+
+def default_workers(settings: Settings, cores: int | None = None) -> int:
+    """Workers for a deployment whose request names none: ``min(CVOPS_INFERENCE_WORKERS, cores)``.
+    A deployment that names ``workers`` gets exactly that many.
+
+    Why the cap, measured (scripts/bench_serving.py): each worker decodes and preprocesses its batch
     in its own process, so on a CPU engine about one worker per core with one engine thread each is
     best — on 2 cores 1 worker x 2 threads gave half the throughput, and 3, 4 or 10 workers no more
     than 2 while 10 made batches smaller, held 5x the memory and took 5x longer to deploy.  A GPU engine
     is fed by the same CPU-side decoding (8 workers on 16 cores served resnet50 on torch-cuda at ~1,600
-    req/s, 4 workers ~900).  On a small machine, set CVOPS_INFERENCE_WORKERS or pass ``workers``.
+    req/s, 4 workers ~900).  More worker processes than cores also trip Ray's "Nx the maximum expected
+    startup concurrency" warning (docs/operations.md).
     """
-    return max(1, settings.inference_workers)
+    return max(1, min(settings.inference_workers, cores if cores is not None else machine_cores()))
 
 
 class InferencePool:
