@@ -152,21 +152,11 @@ class LoginThrottle:
     def attempt(self, name: str, client: str | None = None, now: float | None = None) -> float:
         """Admit one attempt and count it; raises TooManyRequests over a limit. Returns its stamp."""
         now = time.monotonic() if now is None else now
-        q = self._recent(self._fails, name, now)
-        if len(q) >= self.max_failures:
-            raise TooManyRequests(
-                "too many failed logins for this user; try again later",
-                {"username": name},
-                self._retry(q, now),
-            )
-        c = self._recent(self._clients, client, now) if client else None
-        if c is not None and len(c) >= self.max_per_client:
-            raise TooManyRequests(
-                "too many failed logins from this address; try again later", {}, self._retry(c, now)
-            )
-        q.append(now)
-        if c is not None:
-            c.append(now)
+        self.check(name, now)
+        self.check_client(client, now)
+        self._recent(self._fails, name, now).append(now)
+        if client:
+            self._recent(self._clients, client, now).append(now)
         return now
 
     def check_client(self, client: str | None, now: float | None = None) -> None:
