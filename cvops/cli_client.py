@@ -143,7 +143,12 @@ def read_password(password_file: str | None, env: Mapping[str, str] | None = Non
         return password
     if env.get("CVOPS_PASSWORD"):
         return env["CVOPS_PASSWORD"]
-    return getpass.getpass("Password: ")
+    try:
+        return getpass.getpass("Password: ")
+    except EOFError as exc:
+        raise UsageError(
+            "no password: give --password-file FILE or CVOPS_PASSWORD, or run in a terminal"
+        ) from exc
 
 
 # ---------------------------------------------------------------------------------------- output
@@ -273,6 +278,8 @@ class _Bars:
                 t = self.progress.tasks[task]
                 if t.total is not None and self.job.get("status") == "succeeded":
                     self.progress.update(task, completed=t.total)
+                if key.startswith("engine:"):
+                    self.progress.update(task, description=f"{key.split(':', 1)[1]} {self.job.get('status')}")
 
 
 async def watch_job(api: AsyncClient, job_id: str, console: Console, poll_s: float = 1.0) -> dict[str, Any]:

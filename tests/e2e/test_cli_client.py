@@ -193,7 +193,8 @@ def test_readme_tour(live: Live, tmp_path: Path) -> None:
     assert "succeeded" in shown and "model_id" in shown, shown
     assert "cancel" in results["jobs cancel"].stdout
     assert (tmp_path / "model.tar.gz").is_file() and "model.tar.gz" in results["package"].stdout
-    assert results["package verify"].stdout.startswith("ok: model.tar.gz")
+    assert results["package verify"].stdout.startswith("ok: model.tar.gz verifies"), results["package verify"]
+    assert "Ed25519 signature" in results["package verify"].stdout
     assert dep_id in results["deployments rm"].stdout
 
     # machine-readable reads
@@ -244,7 +245,9 @@ def test_exit_codes(live: Live, tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert cli.run("models", "ls", "--json").returncode == 0
     pw.write_text("vic-password\n")
-    assert cli.run("login", "--url", live.url, "--username", "vic", "--password-file", str(pw)).returncode == 0
+    assert (
+        cli.run("login", "--url", live.url, "--username", "vic", "--password-file", str(pw)).returncode == 0
+    )
     proc = cli.run("jobs", "ls")
     assert proc.returncode == 3 and "Traceback" not in proc.stderr, proc.stderr
 
