@@ -78,6 +78,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     conversion_timeout_s: float = 300.0
     max_conversions: int = 2  # at once; each gets the machine's RAM / max_conversions
     weights_cache: str | None = None  # pretrained weights (default: <data_dir>/weights)
+    # checkpoints kept per training run: "last,best" (default), "last", "all", or N (the newest N + the best)
+    keep_checkpoints: str = "last,best"
 
     @property
     def data_path(self) -> Path:
@@ -144,6 +146,7 @@ _ENV: dict[str, tuple[str, type]] = {
     "CVOPS_CONVERSION_TIMEOUT_S": ("conversion_timeout_s", float),
     "CVOPS_MAX_CONVERSIONS": ("max_conversions", int),
     "CVOPS_WEIGHTS_CACHE": ("weights_cache", str),
+    "CVOPS_KEEP_CHECKPOINTS": ("keep_checkpoints", str),
 }
 
 ENV_NAMES = tuple(_ENV)
@@ -165,4 +168,7 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: object) -> 
     settings = Settings(**values)  # type: ignore[arg-type]
     if settings.gpu_tokens < 1 or settings.inference_workers < 1 or settings.queue_limit < 1:
         raise ValidationFailed("CVOPS_GPU_TOKENS, CVOPS_INFERENCE_WORKERS and CVOPS_QUEUE_LIMIT must be >= 1")
+    from cvops.gc import parse_keep
+
+    parse_keep(settings.keep_checkpoints)  # a bad CVOPS_KEEP_CHECKPOINTS fails at start-up
     return settings

@@ -23,6 +23,7 @@ from cvops.errors import CvopsError
 from cvops.events.scheduling import job_stream
 from cvops.events.schema import (
     CheckpointSaved,
+    CheckpointsDiscarded,
     Envelope,
     Event,
     JobProgressed,
@@ -30,6 +31,7 @@ from cvops.events.schema import (
     encode_event,
     type_of,
 )
+from cvops.gc import KeptCheckpoint, checkpoints_to_discard, parse_keep
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +101,7 @@ class JobContext:
         self._cancel = cancel_flag
         self.last_checkpoint = last_checkpoint
         self._last_progress = 0.0
+        self._kept: list[KeptCheckpoint] | None = None  # this run's checkpoints the policy keeps
         self.stream = job_stream(job_id)
 
     def should_stop(self) -> bool:
@@ -122,6 +125,53 @@ class JobContext:
         ref = self.blobs.put_bytes(data)  # fsynced before the event names it
         clean = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
         self.emit([CheckpointSaved(job_id=self.job_id, epoch=epoch, sha256=ref.sha256, metrics=clean)])
+        best = clean.get("best_epoch")
+        self._discard_old(
+            KeptCheckpoint(epoch=epoch, sha256=ref.sha256, best_epoch=None if best is None else int(best))
+        )
+
+    def _discard_old(self, newest: KeptCheckpoint) -> None:
+        """Apply CVOPS_KEEP_CHECKPOINTS: record the checkpoints that go, then delete their blobs."""
+        policy = parse_keep(self.settings.keep_checkpoints)
+        if policy.last is None:
+            return
+        if self._kept is None:  # first checkpoint of this attempt: what earlier attempts kept, + newest
+            self._kept = self._kept_from_log()
+        else:
+            self._kept.append(newest)
+        drop = checkpoints_to_discard(self._kept, policy)
+        if not drop:
+            return
+        self.emit(
+            [
+                CheckpointsDiscarded(
+                    job_id=self.job_id, sha256s=[c.sha256 for c in drop], epochs=[c.epoch for c in drop]
+                )
+            ]
+        )
+        gone = {c.sha256 for c in drop}
+        self._kept = [c for c in self._kept if c.sha256 not in gone]
+        for sha in gone:
+            try:
+                self.blobs.delete(sha)
+            except OSError as exc:  # the log no longer names it: `cvops gc` collects it later
+                log.warning("could not delete checkpoint blob %s: %s", sha, exc)
+
+    def _kept_from_log(self) -> list[KeptCheckpoint]:
+        kept: list[KeptCheckpoint] = []
+        for env in self.store.read_stream(self.stream):
+            ev = env.event()
+            if isinstance(ev, CheckpointSaved):
+                best = ev.metrics.get("best_epoch")
+                kept.append(
+                    KeptCheckpoint(
+                        epoch=ev.epoch, sha256=ev.sha256, best_epoch=None if best is None else int(best)
+                    )
+                )
+            elif isinstance(ev, CheckpointsDiscarded):
+                gone = set(ev.sha256s)
+                kept = [c for c in kept if c.sha256 not in gone]
+        return kept
 
 
 JobBody = Callable[[JobContext], dict[str, Any]]

@@ -8,6 +8,7 @@ as a new model version (lineage: parent model, dataset, hyperparameters) with it
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from pathlib import Path
@@ -21,6 +22,13 @@ from cvops.errors import ValidationFailed
 log = logging.getLogger(__name__)
 
 CONVERSION_WAIT_S = 900.0
+
+
+def trained_model_id(job_id: str) -> str:
+    """The id of the model a train job registers: 16 hex digits like every other id (uploads'
+    ``uuid4().hex[:16]``), derived from the job id so a retried registration hits the same stream.
+    (Before, it was ``<job id[:12]>t``; such ids stay in the log and keep working.)"""
+    return hashlib.sha256(f"cvops-trained-model:{job_id}".encode()).hexdigest()[:16]
 
 
 def _fit_head(module: Any, rec: dict[str, Any], classes: list[str], blobs: Any) -> Any:
@@ -148,7 +156,7 @@ def run_train_job(ctx: JobContext) -> dict[str, Any]:
         "parent_model_id": rec["id"],
         "dataset_id": ds["id"],
         "hyperparameters": {k: v for k, v in (spec.get("hyperparameters") or {}).items()},
-        "model_id": f"{ctx.job_id[:12]}t",  # stable: a retried registration hits the same stream
+        "model_id": trained_model_id(ctx.job_id),  # stable: a retried registration hits the same stream
     }
     try:
         new = ray.get(registry._h.register.remote(dict(fields), ctx.job_id))

@@ -62,6 +62,7 @@ import msgspec
 from cvops.errors import ConcurrencyError, Conflict, NotFound, TooManyRequests, ValidationFailed
 from cvops.events.schema import (
     CheckpointSaved,
+    CheckpointsDiscarded,
     Envelope,
     Event,
     GpuTokenGranted,
@@ -113,6 +114,7 @@ SCHEDULER_TYPES: frozenset[str] = frozenset(
         GpuTokenGranted,
         GpuTokenReleased,
         CheckpointSaved,
+        CheckpointsDiscarded,
     )
 )
 _SCHEDULER_OWNED: tuple[type[Event], ...] = (
@@ -351,6 +353,9 @@ def _apply_event(state: SchedulerState, env: Envelope) -> None:
             jobs[job_id] = replace(
                 rec, checkpoints=[*rec.checkpoints, {"epoch": ev.epoch, "sha256": ev.sha256}]
             )
+        case CheckpointsDiscarded():
+            gone = set(ev.sha256s)
+            jobs[job_id] = replace(rec, checkpoints=[c for c in rec.checkpoints if c["sha256"] not in gone])
         case _:  # pragma: no cover - SCHEDULER_TYPES and this match list the same types
             raise AssertionError(env.type)
 

@@ -247,6 +247,15 @@ class CheckpointSaved(Event, frozen=True):
     metrics: dict[str, float] = {}
 
 
+class CheckpointsDiscarded(Event, frozen=True):
+    """Older checkpoints of a run dropped by the keep policy (CVOPS_KEEP_CHECKPOINTS); appended before
+    their blobs are deleted, so the log never names a checkpoint blob that is gone."""
+
+    job_id: str
+    sha256s: list[str]
+    epochs: list[int] = []
+
+
 class BenchmarkMeasured(Event, frozen=True):
     job_id: str
     model_id: str
@@ -343,6 +352,7 @@ AnyEvent = (
     | GpuTokenGranted
     | GpuTokenReleased
     | CheckpointSaved
+    | CheckpointsDiscarded
     | BenchmarkMeasured
     | EngineSelected
     | TrialCompleted
