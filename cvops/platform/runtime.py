@@ -251,15 +251,17 @@ def init_ray(settings: Settings) -> dict[str, str]:
     if settings.ray_address:
         kwargs["address"] = settings.ray_address
     else:
-        # Ray 2.60 turns token auth on for a new local cluster unless RAY_AUTH_MODE says otherwise, and
-        # then its dashboard answers 401 to anything without the token.  A dashboard that only
-        # listens on loopback is the user's own: keep it usable as printed, unless they chose a mode.
-        if "RAY_AUTH_MODE" not in os.environ and _loopback(settings.dashboard_host):
-            os.environ["RAY_AUTH_MODE"] = "disabled"
+        # Ray 2.60 turns token auth on for a new local cluster (GCS, raylets, dashboard), and then its
+        # dashboard answers 401 to a browser without the token.  Auth stays on: Ray's dashboard listens
+        # on a private loopback port and cvops' proxy on the printed port adds the token
+        # (cvops.platform.dashboard_proxy).
+        from cvops.platform.dashboard_proxy import free_loopback_port
+
+        internal = free_loopback_port()
         kwargs.update(
             include_dashboard=True,
-            dashboard_host=settings.dashboard_host,
-            dashboard_port=settings.dashboard_port,
+            dashboard_host="127.0.0.1",
+            dashboard_port=internal,
             num_cpus=settings.ray_num_cpus or max(4, os.cpu_count() or 1),
             object_store_memory=512 * 1024 * 1024,
         )
@@ -267,6 +269,11 @@ def init_ray(settings: Settings) -> dict[str, str]:
     url = getattr(info, "dashboard_url", "") or ""
     if url and not url.startswith("http"):
         url = f"http://{url}"
+    target = ""
+    if url and not settings.ray_address:
+        target = url  # Ray's own, private; the user gets the proxy's
+        host = settings.dashboard_host
+        url = f"http://{f'[{host}]' if ':' in host else host}:{settings.dashboard_port}"
     session_dir = ""
     try:
         session_dir = info.address_info.get("session_dir", "")  # type: ignore[attr-defined]
@@ -274,7 +281,11 @@ def init_ray(settings: Settings) -> dict[str, str]:
         session_dir = ""
     return {
         "dashboard_url": url,
-        "dashboard_hint": TOKEN_HINT if url and _token_auth_on() else "",
+        "dashboard_target": target,
+        # the proxy adds the token only on loopback; elsewhere the dashboard asks for it
+        "dashboard_hint": TOKEN_HINT
+        if url and _token_auth_on() and not _loopback(settings.dashboard_host)
+        else "",
         "session_dir": session_dir,
         "node_id": ray.get_runtime_context().get_node_id(),
     }
@@ -382,9 +393,26 @@ def boot_ctx(announce: Any = None, manage_ray: bool = True) -> Any:
         services = app[SERVICES]
         loop = asyncio.get_running_loop()
 
+        proxies: list[web.AppRunner] = []
+
         async def boot() -> None:
             try:
                 info = await loop.run_in_executor(None, init_ray, settings) if manage_ray else {}
+                if info.get("dashboard_target"):
+                    from cvops.platform.dashboard_proxy import make_proxy_app, ray_auth_headers
+
+                    headers = ray_auth_headers() if _loopback(settings.dashboard_host) else {}
+                    runner = web.AppRunner(make_proxy_app(info["dashboard_target"], headers), access_log=None)
+                    await runner.setup()
+                    proxies.append(runner)
+                    try:
+                        await web.TCPSite(runner, settings.dashboard_host, settings.dashboard_port).start()
+                    except OSError as exc:
+                        raise StartupFailed(
+                            f"cannot start the Ray dashboard on {settings.dashboard_host}:"
+                            f"{settings.dashboard_port}: {exc.strerror or exc} (set CVOPS_DASHBOARD_PORT)",
+                            {"env": "CVOPS_DASHBOARD_PORT"},
+                        ) from exc
                 if manage_ray:
                     if not settings.ray_address:  # never reap a cluster we only joined
                         start_reaper(info.get("session_dir", ""))
@@ -414,6 +442,8 @@ def boot_ctx(announce: Any = None, manage_ray: bool = True) -> Any:
             except asyncio.CancelledError:
                 pass
         services.ready = False
+        for runner in proxies:
+            await runner.cleanup()
         await stop_services(services)
         if manage_ray:
             import ray

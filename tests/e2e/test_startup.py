@@ -211,6 +211,11 @@ def test_printed_dashboard_url_works_as_printed(second: dict[str, Any]) -> None:
             if time.monotonic() > end:
                 raise
         time.sleep(0.5)
+    # ... while Ray itself keeps its token auth on (its GCS and raylets listen on every interface)
+    with urllib.request.urlopen(url + "/api/authentication_mode", timeout=10) as resp:
+        assert json.loads(resp.read()) == {"authentication_mode": "token"}
+    with urllib.request.urlopen(url + "/", timeout=10) as resp:  # the web UI itself comes through
+        assert resp.status == 200 and b"<html" in resp.read().lower()
 
 
 def test_text_log_lines_carry_their_fields(second: dict[str, Any]) -> None:
