@@ -23,6 +23,7 @@ import pytest
 
 from tests.conftest import free_port
 from tests.e2e.conftest import Live
+from tests.e2e.helpers import get_bytes, preset, wait_job
 from tests.e2e.server import ADMIN_PASSWORD
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -208,6 +209,25 @@ def test_readme_tour(live: Live, tmp_path: Path) -> None:
     assert proc.returncode == 0 and isinstance(json.loads(proc.stdout), dict), proc.stderr
     proc = cli.run("report", job_id, "--format", "html", "--output", "report.html")
     assert proc.returncode == 0 and (tmp_path / "report.html").read_text().lstrip().lower().startswith("<")
+    # an upload streamed from a file: the ONNX form of the tour's model
+    status, onnx, _ = get_bytes(live.url, f"/api/v1/models/{model_id}/onnx", live.admin)
+    assert status == 200
+    (tmp_path / "mine.onnx").write_bytes(onnx)
+    proc = cli.run(
+        "models", "upload", "mine.onnx", "--task", "classification", "--name", "mine", "--labels", "a,b,c"
+    )
+    assert proc.returncode == 0 and "ready" in proc.stderr, proc.stderr
+    uploaded = proc.stdout.strip()
+    proc = cli.run("models", "show", uploaded, "--json")
+    assert json.loads(proc.stdout)["source_format"] == "onnx"
+    proc = cli.run("models", "upload", "missing.onnx", "--task", "classification")
+    assert proc.returncode == 2, proc.stderr
+    proc = cli.run("datasets", "show", values["DS"], "--json")
+    assert json.loads(proc.stdout)["status"] == "ready"
+    proc = cli.run("deployments", "ls", "--json")
+    assert proc.returncode == 0 and dep_id not in {d["id"] for d in json.loads(proc.stdout)}
+    proc = cli.run("users", "ls")
+    assert proc.returncode == 0 and "admin" in proc.stdout and "eve" in proc.stdout, proc.stderr
     # watching an ended job answers at once: 0 for succeeded, 1 for cancelled
     proc = cli.run("jobs", "watch", job_id)
     assert proc.returncode == 0 and "succeeded" in proc.stdout, proc.stdout + proc.stderr
@@ -250,6 +270,52 @@ def test_exit_codes(live: Live, tmp_path: Path) -> None:
     )
     proc = cli.run("jobs", "ls")
     assert proc.returncode == 3 and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_watch_falls_back_to_polling(live: Live, tmp_path: Path) -> None:
+    """With the engineer's websockets all taken (429 at the handshake), `jobs watch` still follows the
+    job to its end by polling GET /jobs/{id}."""
+    import asyncio
+
+    import aiohttp
+
+    cli = Cli(live.url, tmp_path / "config", tmp_path, {"CVOPS_URL": live.url, "CVOPS_TOKEN": live.engineer})
+    status, model = preset(live.url, live.admin, "tiny_cnn", name="watch-poll", num_classes=2)
+    assert status == 200, model
+    spec = {
+        "kind": "benchmark",
+        "model_id": model["id"],
+        "batch_sizes": [1],
+        "engines": ["onnxruntime-cpu"],
+        "iterations": 200,
+    }
+
+    async def scenario() -> subprocess.CompletedProcess[str]:
+        url = live.url.replace("http", "ws") + f"/api/v1/events/ws?after=0&token={live.engineer}"
+        async with aiohttp.ClientSession() as session:
+            sockets = []
+            while True:
+                try:
+                    sockets.append(await session.ws_connect(url))
+                except aiohttp.WSServerHandshakeError as exc:
+                    assert exc.status == 429, exc
+                    break
+                assert len(sockets) <= 64
+            async with session.post(
+                live.url + "/api/v1/jobs", json=spec, headers={"Authorization": f"Bearer {live.admin}"}
+            ) as resp:
+                job = await resp.json()
+                assert resp.status == 202, job
+            proc = await asyncio.to_thread(cli.run, "jobs", "watch", job["id"], timeout=300)
+            for ws in sockets:
+                await ws.close()
+            return proc
+
+    proc = asyncio.run(scenario())
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "succeeded" in proc.stdout and "onnxruntime-cpu" in proc.stdout, proc.stdout
+    job_id = proc.stdout.split()[1]
+    assert wait_job(live.url, live.admin, job_id, timeout=5)["status"] == "succeeded"
 
 
 @pytest.mark.parametrize("args", [["package"], ["package", "verify"], ["jobs"]])
