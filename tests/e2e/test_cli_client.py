@@ -220,6 +220,10 @@ def test_readme_tour(live: Live, tmp_path: Path) -> None:
     uploaded = proc.stdout.strip()
     proc = cli.run("models", "show", uploaded, "--json")
     assert json.loads(proc.stdout)["source_format"] == "onnx"
+    # an ONNX upload cannot be trained: exit 1 and one line saying why, never a traceback
+    proc = cli.run("train", uploaded, values["DS"], "--epochs", "1", "--watch")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stdout + proc.stderr
+    print(f"$ cvops train {uploaded} ... (onnx)\n{proc.stdout}{proc.stderr}")
     proc = cli.run("models", "upload", "missing.onnx", "--task", "classification")
     assert proc.returncode == 2, proc.stderr
     proc = cli.run("datasets", "show", values["DS"], "--json")
