@@ -197,3 +197,28 @@ def wait_idle(base: str, token: str, timeout: float = 120.0) -> dict[str, Any]:
         if time.monotonic() > end:
             raise TimeoutError(f"scheduler still busy: {view}")
         time.sleep(0.3)
+
+
+def png_bytes(size: int = 32) -> bytes:
+    """A small drawn PNG (a yellow disc on blue)."""
+    from PIL import Image, ImageDraw
+
+    img = Image.new("RGB", (size, size), (20, 20, 200))
+    ImageDraw.Draw(img).ellipse((6, 6, 26, 26), fill=(250, 250, 0))
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def predict_png(server: Server, token: str, dep_id: str) -> dict[str, Any]:
+    """POST the drawn PNG to a deployment; asserts 200 and returns the answer."""
+    status, body = request(
+        server.url,
+        "POST",
+        f"{API}/deployments/{dep_id}/predict",
+        raw=png_bytes(),
+        token=token,
+        headers={"Content-Type": "image/png"},
+    )
+    assert status == 200, body
+    return body  # type: ignore[no-any-return]

@@ -8,7 +8,6 @@ blob alone, and a restart afterwards still serves every model and the deployment
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
@@ -16,11 +15,19 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.e2e.helpers import API, events, preset, shapes_zip, upload_dataset, wait_job
+from tests.e2e.helpers import (
+    API,
+    events,
+    png_bytes,
+    predict_png,
+    preset,
+    shapes_zip,
+    upload_dataset,
+    wait_job,
+)
 from tests.e2e.server import Server, request
 
 ID = re.compile(r"^[0-9a-f]{16}$")  # the shape of every id the platform makes (uuid4().hex[:16])
@@ -40,29 +47,6 @@ def _gc(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
 def _blob_files(data_dir: Path) -> set[str]:
     root = data_dir / "blobs" / "sha256"
     return {p.parent.name + p.name for p in root.glob("*/*") if p.is_file()}
-
-
-def _png() -> bytes:
-    from PIL import Image, ImageDraw
-
-    img = Image.new("RGB", (32, 32), (20, 20, 200))
-    ImageDraw.Draw(img).ellipse((6, 6, 26, 26), fill=(250, 250, 0))
-    buf = io.BytesIO()
-    img.save(buf, "PNG")
-    return buf.getvalue()
-
-
-def _predict(server: Server, token: str, dep_id: str) -> dict[str, Any]:
-    status, body = request(
-        server.url,
-        "POST",
-        f"{API}/deployments/{dep_id}/predict",
-        raw=_png(),
-        token=token,
-        headers={"Content-Type": "image/png"},
-    )
-    assert status == 200, body
-    return body  # type: ignore[no-any-return]
 
 
 def test_checkpoints_kept_and_gc_collects_only_unnamed_blobs(tmp_path: Path) -> None:
@@ -105,7 +89,7 @@ def test_checkpoints_kept_and_gc_collects_only_unnamed_blobs(tmp_path: Path) -> 
         body = {"model_id": trained_id, "engine": "onnxruntime-cpu", "workers": 1}
         status, dep = request(server.url, "POST", f"{API}/deployments", body, token)
         assert status == 201, dep
-        before = _predict(server, token, dep["id"])
+        before = predict_png(server, token, dep["id"])
 
         # an unnamed blob, as a crash between writing a blob and its event would leave
         orphan = os.urandom(4096)
@@ -150,7 +134,7 @@ def test_checkpoints_kept_and_gc_collects_only_unnamed_blobs(tmp_path: Path) -> 
                 server.url,
                 "POST",
                 f"{API}/deployments/{dep['id']}/predict",
-                raw=_png(),
+                raw=png_bytes(),
                 token=token,
                 headers={"Content-Type": "image/png"},
             )

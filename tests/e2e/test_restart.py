@@ -3,7 +3,6 @@ succeeds; a deployment serves again after a SIGTERM restart with no user action.
 
 from __future__ import annotations
 
-import io
 import signal
 import time
 from collections.abc import Iterator
@@ -12,7 +11,16 @@ from typing import Any
 import psutil
 import pytest
 
-from tests.e2e.helpers import API, events, preset, replay, shapes_zip, upload_dataset, wait_job
+from tests.e2e.helpers import (
+    API,
+    events,
+    predict_png,
+    preset,
+    replay,
+    shapes_zip,
+    upload_dataset,
+    wait_job,
+)
 from tests.e2e.server import Server, request
 
 pytestmark = pytest.mark.slow
@@ -40,29 +48,6 @@ def _restart(server: Server, sig: int) -> str:
     assert not _alive(children), [" ".join(p.cmdline())[:100] for p in _alive(children)]
     server.start()
     return server.token()
-
-
-def _png(size: int = 32) -> bytes:
-    from PIL import Image, ImageDraw
-
-    img = Image.new("RGB", (size, size), (20, 20, 200))
-    ImageDraw.Draw(img).ellipse((6, 6, 26, 26), fill=(250, 250, 0))
-    buf = io.BytesIO()
-    img.save(buf, "PNG")
-    return buf.getvalue()
-
-
-def _predict(server: Server, token: str, dep_id: str) -> dict[str, Any]:
-    status, body = request(
-        server.url,
-        "POST",
-        f"{API}/deployments/{dep_id}/predict",
-        raw=_png(),
-        token=token,
-        headers={"Content-Type": "image/png"},
-    )
-    assert status == 200, body
-    return body  # type: ignore[no-any-return]
 
 
 @pytest.fixture(scope="module")
@@ -158,14 +143,14 @@ def test_deployment_serves_again_after_sigterm_restart(server: Server, assets: d
     body = {"model_id": assets["model"]["id"], "engine": "onnxruntime-cpu", "workers": 1}
     status, dep = request(server.url, "POST", f"{API}/deployments", body, token)
     assert status == 201, dep
-    before = _predict(server, token, dep["id"])
+    before = predict_png(server, token, dep["id"])
     assert len(before["predictions"]) == 3, before
 
     token = _restart(server, signal.SIGTERM)
 
     status, again = request(server.url, "GET", f"{API}/deployments/{dep['id']}", token=token)
     assert status == 200 and again["engine"] == "onnxruntime-cpu", again
-    after = _predict(server, token, dep["id"])
+    after = predict_png(server, token, dep["id"])
     assert [p["class_id"] for p in after["predictions"]] == [p["class_id"] for p in before["predictions"]]
     for a, b in zip(after["predictions"], before["predictions"], strict=True):
         assert abs(a["score"] - b["score"]) < 1e-4, (a, b)
