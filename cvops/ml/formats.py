@@ -652,14 +652,12 @@ def _pickle_names_ultralytics(path: Path, names: Sequence[str]) -> bool:
 
 
 def _resolve_globals(names: Sequence[str]) -> list[Any]:
-    import builtins
     import importlib
 
     out: list[Any] = []
     for qual in names:
         mod, _, attr = qual.rpartition(".")
-        module = builtins if mod == "builtins" else importlib.import_module(mod)
-        obj = getattr(module, attr, None)
+        obj = getattr(importlib.import_module(mod), attr, None)
         if obj is not None:  # a class a newer or older ultralytics does not have is simply not allowed
             out.append(obj)
     return out
