@@ -8,44 +8,16 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import ray
 
 from cvops.actors.common import NAMESPACE, call
 from cvops.events.log import EventLog
 from cvops.events.schema import Envelope, Event, decode_envelopes, encode_envelopes, encode_event, type_of
+from cvops.events.store import subscribe
 
 ACTOR_NAME = "cvops-eventlog"
-
-
-class Store(Protocol):
-    """What every service needs from the log; EventLog (in-process) and EventStore (actor) both fit."""
-
-    async def append(
-        self,
-        stream: str,
-        events: Sequence[Event],
-        expected_version: int | None = None,
-        *,
-        user: str = "",
-        correlation_id: str = "",
-        causation_id: str = "",
-    ) -> list[int]: ...
-
-    async def read(
-        self,
-        after: int = 0,
-        limit: int = 1000,
-        stream: str | None = None,
-        prefix: str | None = None,
-        types: Sequence[str] | None = None,
-        until_seq: int | None = None,
-    ) -> list[Envelope]: ...
-
-    async def stream_version(self, stream: str) -> int: ...
-
-    async def wait_for(self, after: int, timeout: float) -> int: ...
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0)
@@ -193,43 +165,3 @@ class EventStore:
         types: Sequence[str] | None = None,
     ) -> AsyncIterator[Envelope]:
         return subscribe(self, after, stream=stream, prefix=prefix, types=types)
-
-
-async def subscribe(
-    store: Store,
-    after: int = 0,
-    *,
-    stream: str | None = None,
-    prefix: str | None = None,
-    types: Sequence[str] | None = None,
-    batch: int = 1000,
-    poll_s: float = 5.0,
-) -> AsyncIterator[Envelope]:
-    """Catch-up subscription over any Store: everything after ``after``, then live.
-
-    No gap and no duplicate: each round learns the log head ``h`` first and then reads exactly the
-    range (pos, h], so the cursor only moves over seqs that were actually scanned.
-    """
-    pos = after
-    while True:
-        head = await store.wait_for(pos, poll_s)
-        if head <= pos:
-            continue
-        envs = await store.read(
-            after=pos, limit=batch, stream=stream, prefix=prefix, types=types, until_seq=head
-        )
-        for env in envs:
-            yield env
-        pos = envs[-1].seq if len(envs) == batch else head
-
-
-async def replay(store: Store, apply: Any, state: Any, **filters: Any) -> tuple[Any, int]:
-    """Fold every event matching ``filters`` into ``state``; returns (state, last seq read)."""
-    pos = 0
-    while True:
-        envs = await store.read(after=pos, limit=5000, **filters)
-        if not envs:
-            return state, pos
-        for env in envs:
-            state = apply(state, env)
-        pos = envs[-1].seq

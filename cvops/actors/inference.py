@@ -19,11 +19,11 @@ import ray
 from ray.exceptions import RayActorError
 
 from cvops.actors.common import NAMESPACE, call, worker_priority
-from cvops.actors.eventlog import Store
 from cvops.config import Settings
 from cvops.errors import Conflict, CvopsError, NotFound, ValidationFailed
 from cvops.events import projections as proj
 from cvops.events.schema import DeploymentCreated, DeploymentDeleted, EngineSelected, Preprocessing
+from cvops.events.store import Store
 from cvops.serving import BatchingRouter, WorkerDied
 
 log = logging.getLogger(__name__)

@@ -12,9 +12,9 @@ from typing import Any
 import msgspec
 from aiohttp import WSCloseCode, web
 
-from cvops.actors.eventlog import subscribe
 from cvops.errors import CvopsError, Forbidden, TooManyRequests
 from cvops.events.schema import Envelope
+from cvops.events.store import subscribe
 from cvops.platform.bodies import EventOut, EventPage, json_response
 from cvops.platform.context import principal, query_int
 from cvops.platform.keys import METRICS, SERVICES, SETTINGS, WEBSOCKETS

@@ -24,7 +24,6 @@ import msgspec
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from cvops.actors.eventlog import Store
 from cvops.config import Settings
 from cvops.errors import (
     ConcurrencyError,
@@ -45,6 +44,7 @@ from cvops.events.schema import (
     UserDisabled,
     UserEnabled,
 )
+from cvops.events.store import Store
 
 log = logging.getLogger(__name__)
 

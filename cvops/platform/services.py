@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from cvops.actors.eventlog import Store
 from cvops.errors import Unavailable
+from cvops.events.store import Store
 
 if TYPE_CHECKING:
     from cvops.platform.auth import Authenticator

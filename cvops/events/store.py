@@ -1,0 +1,92 @@
+"""What every reader and writer needs from an event log, with no I/O of its own.
+
+:class:`Store` is the async protocol that the SQLite :class:`~cvops.events.log.EventLog`, the in-memory
+log and the EventLog actor's facade all satisfy; :class:`SyncStore` is its blocking twin for code that
+runs in a worker thread.  :func:`subscribe` is the one catch-up subscription over any Store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from typing import Protocol
+
+from cvops.events.schema import Envelope, Event
+
+
+class Store(Protocol):
+    """The async event store: append, read, the version of a stream, and a long-poll on the head."""
+
+    async def append(
+        self,
+        stream: str,
+        events: Sequence[Event],
+        expected_version: int | None = None,
+        *,
+        user: str = "",
+        correlation_id: str = "",
+        causation_id: str = "",
+    ) -> list[int]: ...
+
+    async def read(
+        self,
+        after: int = 0,
+        limit: int = 1000,
+        stream: str | None = None,
+        prefix: str | None = None,
+        types: Sequence[str] | None = None,
+        until_seq: int | None = None,
+    ) -> list[Envelope]: ...
+
+    async def stream_version(self, stream: str) -> int: ...
+
+    async def wait_for(self, after: int, timeout: float) -> int:
+        """The head seq as soon as it is greater than ``after``, or at ``timeout`` (0: at once)."""
+        ...
+
+
+class SyncStore(Protocol):
+    """Blocking access to an event store, for code running in a worker thread."""
+
+    def append(
+        self, stream: str, events: Sequence[Event], expected_version: int | None = None
+    ) -> list[int]: ...
+
+    def read(
+        self,
+        after: int = 0,
+        limit: int = 1000,
+        stream: str | None = None,
+        prefix: str | None = None,
+        types: Sequence[str] | None = None,
+        until_seq: int | None = None,
+    ) -> list[Envelope]: ...
+
+    def wait_for(self, after: int, timeout: float) -> int: ...
+
+
+async def subscribe(
+    store: Store,
+    after: int = 0,
+    *,
+    stream: str | None = None,
+    prefix: str | None = None,
+    types: Sequence[str] | None = None,
+    batch: int = 1000,
+    poll_s: float = 5.0,
+) -> AsyncIterator[Envelope]:
+    """Catch-up subscription over any Store: everything after ``after``, then live.
+
+    No gap and no duplicate: each round learns the log head ``h`` first and then reads exactly the
+    range (pos, h], so the cursor only moves over seqs that were actually scanned.
+    """
+    pos = after
+    while True:
+        head = await store.wait_for(pos, poll_s)
+        if head <= pos:
+            continue
+        envs = await store.read(
+            after=pos, limit=batch, stream=stream, prefix=prefix, types=types, until_seq=head
+        )
+        for env in envs:
+            yield env
+        pos = envs[-1].seq if len(envs) == batch else head
