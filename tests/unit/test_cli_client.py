@@ -8,18 +8,17 @@ from pathlib import Path
 import pytest
 
 from cvops import cli
-from cvops.cli_client import (
-    PACKAGE_BUILD,
+from cvops.cli_client import PACKAGE_BUILD, route_argv
+from cvops.cli_commands import media_type
+from cvops.cli_config import (
     Credentials,
     NotLoggedIn,
     UsageError,
     config_dir,
     load_credentials,
-    media_type,
     read_password,
     resolve_token,
     resolve_url,
-    route_argv,
     save_credentials,
 )
 
