@@ -27,6 +27,7 @@ import aiohttp
 from cvops import cli_commands as C
 from cvops import cli_jobs as J
 from cvops import errors as E
+from cvops.cli_commands import Handler
 from cvops.cli_config import (
     DEFAULT_URL,
     EXIT_AUTH,
@@ -54,7 +55,6 @@ CLIENT_COMMANDS = (
     "users",
 )
 PACKAGE_BUILD = "package-build"  # the parser `cvops package MODEL` is routed to (see route_argv)
-Handler = Callable[[argparse.Namespace, AsyncClient], Awaitable[int]]
 
 # ---------------------------------------------------------------------------------------- running
 
@@ -140,6 +140,14 @@ def _group(sub: Any, name: str, help_text: str) -> Any:
     return parser.add_subparsers(dest=f"{name}_command", required=True, metavar="COMMAND")
 
 
+def _ls_show(group: Any, ls: tuple[str, Handler], show: tuple[str, Handler]) -> None:
+    """A group's ``ls`` and ``show ID`` (both with ``--json``), each a (help, handler)."""
+    _cmd(group.add_parser("ls", help=ls[0]), ls[1], json_flag=True)
+    p = group.add_parser("show", help=show[0])
+    p.add_argument("id")
+    _cmd(p, show[1], json_flag=True)
+
+
 def _password_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--password-file",
@@ -160,10 +168,7 @@ def register(sub: Any) -> None:
     _cmd(p, C.login)
 
     models = _group(sub, "models", "models: list, show, upload, build a preset")
-    _cmd(models.add_parser("ls", help="list models"), C.models_ls, json_flag=True)
-    p = models.add_parser("show", help="one model's record")
-    p.add_argument("id")
-    _cmd(p, C.models_show, json_flag=True)
+    _ls_show(models, ("list models", C.models_ls), ("one model's record", C.models_show))
     p = models.add_parser("upload", help="upload a model file (ONNX, .pt2, state_dict, yolov8n.pt)")
     p.add_argument("file")
     p.add_argument("--task", required=True, choices=("classification", "detection"))
@@ -187,10 +192,7 @@ def register(sub: Any) -> None:
     _cmd(p, C.models_rm)
 
     datasets = _group(sub, "datasets", "datasets: list, show, upload")
-    _cmd(datasets.add_parser("ls", help="list datasets"), C.datasets_ls, json_flag=True)
-    p = datasets.add_parser("show", help="one dataset's record")
-    p.add_argument("id")
-    _cmd(p, C.datasets_show, json_flag=True)
+    _ls_show(datasets, ("list datasets", C.datasets_ls), ("one dataset's record", C.datasets_show))
     p = datasets.add_parser(
         "upload", help="upload a zip (ImageFolder for classification, YOLO for detection)"
     )
@@ -272,10 +274,7 @@ def register(sub: Any) -> None:
     _cmd(p, C.deploy)
 
     deps = _group(sub, "deployments", "deployments: list, show, rm")
-    _cmd(deps.add_parser("ls", help="list deployments"), C.deployments_ls, json_flag=True)
-    p = deps.add_parser("show", help="one deployment")
-    p.add_argument("id")
-    _cmd(p, C.deployments_show, json_flag=True)
+    _ls_show(deps, ("list deployments", C.deployments_ls), ("one deployment", C.deployments_show))
     p = deps.add_parser("rm", help="stop a deployment (admin)")
     p.add_argument("id")
     _cmd(p, C.deployments_rm)

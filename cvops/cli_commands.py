@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ from cvops.cli_config import (
     resolve_url,
     save_credentials,
 )
-from cvops.cli_tables import ERR, OUT, emit, fields, fmt, listing, print_id, print_json, table
+from cvops.cli_tables import ERR, OUT, Column, emit, fields, fmt, listing, print_id, print_json, table
 from cvops.client import AsyncClient
 
 MODEL_COLUMNS = (
@@ -83,6 +83,41 @@ DEPLOYMENT_FIELDS = (
 )
 USER_COLUMNS = ("username", "role", "disabled")
 MEDIA = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".mp4": "video/mp4"}
+
+
+Handler = Callable[[argparse.Namespace, AsyncClient], Awaitable[int]]
+
+
+def list_command(
+    fetch: Callable[[AsyncClient], Awaitable[list[dict[str, Any]]]], columns: Sequence[Column]
+) -> Handler:
+    """``X ls``: every record a row of ``columns`` (or the list as JSON)."""
+
+    async def handler(args: argparse.Namespace, api: AsyncClient) -> int:
+        records = await fetch(api)
+        return emit(args.json, records, listing(None, columns, records))
+
+    return handler
+
+
+def show_command(
+    fetch: Callable[[AsyncClient, str], Awaitable[dict[str, Any]]], noun: str, keys: Sequence[str]
+) -> Handler:
+    """``X show ID``: the record's ``keys`` as ``field | value`` rows (or the record as JSON)."""
+
+    async def handler(args: argparse.Namespace, api: AsyncClient) -> int:
+        record = await fetch(api, args.id)
+        return emit(args.json, record, fields(f"{noun} {args.id}", record, keys))
+
+    return handler
+
+
+models_ls = list_command(lambda api: api.models(), MODEL_COLUMNS)
+datasets_ls = list_command(lambda api: api.datasets(), DATASET_COLUMNS)
+datasets_show = show_command(lambda api, i: api.dataset(i), "dataset", DATASET_FIELDS)
+deployments_ls = list_command(lambda api: api.deployments(), DEPLOYMENT_COLUMNS)
+deployments_show = show_command(lambda api, i: api.deployment(i), "deployment", DEPLOYMENT_FIELDS)
+users_ls = list_command(lambda api: api.users(), USER_COLUMNS)
 
 
 async def login(args: argparse.Namespace) -> int:
@@ -156,11 +191,6 @@ async def _created(
     return EXIT_OK if rec.get("status") != "failed" else EXIT_FAILED
 
 
-async def models_ls(args: argparse.Namespace, api: AsyncClient) -> int:
-    models = await api.models()
-    return emit(args.json, models, listing(None, MODEL_COLUMNS, models))
-
-
 async def models_show(args: argparse.Namespace, api: AsyncClient) -> int:
     rec = await api.model(args.id)
     onnx = rec.get("onnx") or {}
@@ -205,16 +235,6 @@ async def models_rm(args: argparse.Namespace, api: AsyncClient) -> int:
     return EXIT_OK
 
 
-async def datasets_ls(args: argparse.Namespace, api: AsyncClient) -> int:
-    items = await api.datasets()
-    return emit(args.json, items, listing(None, DATASET_COLUMNS, items))
-
-
-async def datasets_show(args: argparse.Namespace, api: AsyncClient) -> int:
-    rec = await api.dataset(args.id)
-    return emit(args.json, rec, fields(f"dataset {args.id}", rec, DATASET_FIELDS))
-
-
 async def datasets_upload(args: argparse.Namespace, api: AsyncClient) -> int:
     path = _upload_path(args.file)
     call = api.upload_dataset(path, task=args.task, name=args.name, fmt=args.format, wait=not args.no_wait)
@@ -234,16 +254,6 @@ async def deploy(args: argparse.Namespace, api: AsyncClient) -> int:
         f"{dep.get('workers')} workers; predict with: cvops predict {dep['id']} IMAGE"
     )
     return EXIT_OK
-
-
-async def deployments_ls(args: argparse.Namespace, api: AsyncClient) -> int:
-    deps = await api.deployments()
-    return emit(args.json, deps, listing(None, DEPLOYMENT_COLUMNS, deps))
-
-
-async def deployments_show(args: argparse.Namespace, api: AsyncClient) -> int:
-    dep = await api.deployment(args.id)
-    return emit(args.json, dep, fields(f"deployment {args.id}", dep, DEPLOYMENT_FIELDS))
 
 
 async def deployments_rm(args: argparse.Namespace, api: AsyncClient) -> int:
@@ -306,11 +316,6 @@ async def package(args: argparse.Namespace, api: AsyncClient) -> int:
 
 
 # ---------------------------------------------------------------------------------------- users
-
-
-async def users_ls(args: argparse.Namespace, api: AsyncClient) -> int:
-    users = await api.users()
-    return emit(args.json, users, listing(None, USER_COLUMNS, users))
 
 
 async def users_add(args: argparse.Namespace, api: AsyncClient) -> int:
