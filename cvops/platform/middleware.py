@@ -86,9 +86,7 @@ def errors_middleware() -> web.middleware:  # type: ignore[valid-type]
             raise
         except Exception:
             log.exception("unhandled error", extra={"path": request.path, "method": request.method})
-            return json_response(
-                {"error": {"code": "internal_error", "message": "internal error", "details": {}}}, status=500
-            )
+            return error_response(CvopsError("internal error"))
 
     return mw
 

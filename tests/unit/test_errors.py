@@ -5,8 +5,12 @@ from __future__ import annotations
 import pickle
 
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from cvops import errors as E
+from cvops.client import AsyncClient
+from cvops.platform.middleware import errors_middleware
 
 ALL = [cls for cls in vars(E).values() if isinstance(cls, type) and issubclass(cls, E.CvopsError)]
 
@@ -85,3 +89,41 @@ def test_too_many_requests_gets_retry_after_back() -> None:
 )
 def test_code_for_status_of_aiohttp_answers(status: int, code: str) -> None:
     assert E.code_for_status(status) == code
+
+
+async def test_middleware_and_client_agree_on_every_class() -> None:
+    """Each class raised by a handler comes back to the client as the same class; aiohttp's own answers
+    and an unhandled exception get the codes of the one map."""
+
+    async def boom(request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        if name == "crash":
+            raise RuntimeError("secret stack")
+        if name == "teapot":
+            raise web.HTTPRequestEntityTooLarge(max_size=1, actual_size=2)
+        cls = next(c for c in ALL if c.__name__ == name)
+        raise cls("nope", retry_after=3.0) if cls is E.TooManyRequests else cls("nope", {"k": 1})
+
+    app = web.Application(middlewares=[errors_middleware()])
+    app.router.add_get("/api/v1/boom/{name}", boom)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        async with AsyncClient(str(server.make_url("")).rstrip("/"), "t") as api:
+            for cls in ALL:
+                with pytest.raises(E.CvopsError) as info:
+                    await api.request("GET", f"/boom/{cls.__name__}")
+                assert type(info.value) is cls and info.value.message == "nope"
+                assert "remote" not in info.value.details
+                if cls is E.TooManyRequests:
+                    assert info.value.retry_after == 3.0
+            with pytest.raises(E.CvopsError) as info:
+                await api.request("GET", "/boom/crash")
+            assert type(info.value) is E.CvopsError and info.value.message == "internal error"
+            with pytest.raises(E.PayloadTooLarge):
+                await api.request("GET", "/boom/teapot")
+            with pytest.raises(E.CvopsError) as info:
+                await api.request("POST", "/boom/x")
+            assert info.value.details["remote"] == {"code": "method_not_allowed", "status": 405}
+    finally:
+        await server.close()
