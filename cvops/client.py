@@ -37,26 +37,6 @@ API = "/api/v1"
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 HEAD_PROBE = 2**62  # `GET /events?after=` this: no events, and `last_seq` is the log's head
 
-_BY_CODE: dict[str, type[E.CvopsError]] = {
-    cls.code: cls
-    for cls in vars(E).values()
-    if isinstance(cls, type) and issubclass(cls, E.CvopsError) and cls is not E.CvopsError
-}
-# codes the server invents without a class of their own (e.g. "model_rejected", 422) fall back by status
-_BY_STATUS: dict[int, type[E.CvopsError]] = {
-    400: E.BadRequest,
-    401: E.Unauthorized,
-    403: E.Forbidden,
-    404: E.NotFound,
-    409: E.Conflict,
-    413: E.PayloadTooLarge,
-    415: E.UnsupportedMediaType,
-    422: E.ValidationFailed,
-    429: E.TooManyRequests,
-    503: E.Unavailable,
-    504: E.GatewayTimeout,
-}
-
 
 def error_from_response(status: int, body: bytes, retry_after: str | None = None) -> E.CvopsError:
     """Rebuild the :mod:`cvops.errors` exception that a non-2xx answer describes.
@@ -82,23 +62,18 @@ def error_from_response(status: int, body: bytes, retry_after: str | None = None
     if not message:
         text = body.decode("utf-8", "replace").strip()
         message = text[:300] or f"HTTP {status}"
-    cls = _BY_CODE.get(code) or _BY_STATUS.get(status) or E.CvopsError
+    cls = E.class_for(code, status)
     if code and (code != cls.code or status != cls.status):
         details.setdefault("remote", {"code": code, "status": status})
     elif not code and status != cls.status:
         details.setdefault("remote", {"status": status})
-    if issubclass(cls, E.TooManyRequests):
-        wait = details.pop("retry_after", None) or retry_after or 1.0
-        try:
-            seconds = float(wait)
-        except (TypeError, ValueError):
-            seconds = 1.0
-        return cls(message, details, retry_after=seconds)
-    return cls(message, details)
+    if issubclass(cls, E.TooManyRequests) and not details.get("retry_after") and retry_after:
+        details["retry_after"] = retry_after
+    return E.from_dict({"code": cls.code, "message": message, "details": details})
 
 
 def _handshake_error(exc: aiohttp.WSServerHandshakeError) -> E.CvopsError:
-    cls = _BY_STATUS.get(exc.status, E.CvopsError)
+    cls = E.class_for(None, exc.status)
     return cls(f"events websocket refused: HTTP {exc.status} {exc.message}", {"status": exc.status})
 
 

@@ -8,6 +8,7 @@ too; they import nothing but this module.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 
@@ -112,3 +113,69 @@ class StartupFailed(CvopsError):
     change (never an HTTP answer)."""
 
     code = "startup_failed"
+
+
+# ---------------------------------------------------------------- the one map between codes and classes
+
+# every class, base before subclass: the first class of a status is that status's class
+_CLASSES: tuple[type[CvopsError], ...] = (
+    CvopsError,
+    BadRequest,
+    Unauthorized,
+    Forbidden,
+    NotFound,
+    Conflict,
+    ConcurrencyError,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    ValidationFailed,
+    TooManyRequests,
+    Unavailable,
+    GatewayTimeout,
+    EngineUnavailable,
+    StartupFailed,
+)
+BY_CODE: Mapping[str, type[CvopsError]] = {cls.code: cls for cls in _CLASSES}
+BY_STATUS: Mapping[int, type[CvopsError]] = {cls.status: cls for cls in reversed(_CLASSES)}
+
+
+def class_for(code: str | None, status: int | None = None) -> type[CvopsError]:
+    """The class of an error ``code``; an unknown code falls back to the class of the HTTP ``status``
+    (codes the server invents without a class of their own, e.g. ``model_rejected``, 422), then to
+    :class:`CvopsError`."""
+    found = BY_CODE.get(code or "")
+    if found is None and status is not None:
+        found = BY_STATUS.get(status)
+    return found or CvopsError
+
+
+def code_for_status(status: int) -> str:
+    """The ``code`` of an answer that aiohttp itself raised (a 4xx ``HTTPException``): the code of the
+    status's class; ``method_not_allowed`` for 405, which has none; ``http_error`` for any other."""
+    if status == 405:
+        return "method_not_allowed"
+    cls = BY_STATUS.get(status)
+    return cls.code if cls is not None and status < 500 else "http_error"
+
+
+def from_dict(payload: Mapping[str, Any], status: int | None = None) -> CvopsError:
+    """Rebuild the exception that an error dict describes: ``{"code", "message", "details"}`` or
+    :meth:`CvopsError.to_dict`'s ``{"error": {...}}``.  ``status`` (or the dict's own ``"status"``)
+    picks the class when the code is unknown; a :class:`TooManyRequests` gets its ``retry_after`` back
+    from ``details``."""
+    inner = payload.get("error")
+    err: Mapping[str, Any] = inner if isinstance(inner, Mapping) else payload
+    code = str(err.get("code") or "")
+    raw_status = err.get("status", status)
+    cls = class_for(code, raw_status if isinstance(raw_status, int) else status)
+    message = str(err.get("message") or "") or code or "error"
+    raw_details = err.get("details")
+    details = dict(raw_details) if isinstance(raw_details, Mapping) else {}
+    if issubclass(cls, TooManyRequests):
+        wait = details.pop("retry_after", None)
+        try:
+            seconds = float(wait) if wait else 1.0
+        except (TypeError, ValueError):
+            seconds = 1.0
+        return cls(message, details, retry_after=seconds)
+    return cls(message, details)

@@ -13,6 +13,7 @@ from cvops.errors import (
     NotFound,
     TooManyRequests,
     Unauthorized,
+    code_for_status,
 )
 from cvops.platform.auth import Principal
 from cvops.platform.bodies import json_response
@@ -21,19 +22,6 @@ from cvops.platform.keys import METRICS, ROUTE_SPECS, SERVICES
 from cvops.platform.routes import Handler
 
 log = logging.getLogger(__name__)
-
-_HTTP_CODES = {
-    400: "bad_request",
-    401: "unauthorized",
-    403: "forbidden",
-    404: "not_found",
-    405: "method_not_allowed",
-    409: "conflict",
-    413: "payload_too_large",
-    415: "unsupported_media_type",
-    422: "validation_failed",
-    429: "too_many_requests",
-}
 
 
 def _route_name(request: web.Request) -> str:
@@ -87,7 +75,7 @@ def errors_middleware() -> web.middleware:  # type: ignore[valid-type]
         except web.HTTPException as exc:
             if exc.status < 400 or exc.status == 101:
                 raise
-            code = _HTTP_CODES.get(exc.status, "http_error")
+            code = code_for_status(exc.status)
             headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
             return json_response(
                 {"error": {"code": code, "message": exc.reason, "details": {}}},
@@ -98,9 +86,7 @@ def errors_middleware() -> web.middleware:  # type: ignore[valid-type]
             raise
         except Exception:
             log.exception("unhandled error", extra={"path": request.path, "method": request.method})
-            return json_response(
-                {"error": {"code": "internal_error", "message": "internal error", "details": {}}}, status=500
-            )
+            return error_response(CvopsError("internal error"))
 
     return mw
 
