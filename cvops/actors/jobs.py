@@ -232,7 +232,15 @@ class JobActor:
             device = "cuda:0"  # Ray made the GPU it assigned the only visible one
         try:
             ctx = JobContext(
-                job_id, spec, device, token, attempt, self._settings, SyncStore(), self._cancel, last_checkpoint
+                job_id,
+                spec,
+                device,
+                token,
+                attempt,
+                self._settings,
+                SyncStore(),
+                self._cancel,
+                last_checkpoint,
             )
             result = self.body(ctx)
         except JobCancelled:

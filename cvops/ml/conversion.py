@@ -89,7 +89,9 @@ def run_conversion(
 def _is_preset(req: ConversionRequest) -> bool:
     from cvops.ml import presets
 
-    return req.source_format == "preset" or (req.source_format == "state_dict" and req.arch in presets.PRESETS)
+    return req.source_format == "preset" or (
+        req.source_format == "state_dict" and req.arch in presets.PRESETS
+    )
 
 
 def _convert_preset(
@@ -134,7 +136,12 @@ def _convert_preset(
     torch.save(built.module.state_dict(), buf)
     torch_sha = blobs.put_bytes(buf.getvalue()).sha256
     result = convert.convert_module(
-        built.module, built.task, built.input_shape, out, preprocessing=built.preprocessing, labels=built.labels
+        built.module,
+        built.task,
+        built.input_shape,
+        out,
+        preprocessing=built.preprocessing,
+        labels=built.labels,
     )
     return ConvertedModel(
         result=result,

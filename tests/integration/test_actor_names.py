@@ -45,7 +45,9 @@ async def test_the_dashboard_lists_the_cards_actors_by_name(tmp_path: Path, ray_
         classes = {a["ActorClassName"] for a in table}
         assert {"EventLog", "ModelRegistry", "GPUScheduler", "Trainer"} <= classes, classes
         names = {a["Name"]: a["ActorClassName"] for a in table if a["Name"]}
-        assert names.get("cvops-scheduler") == "GPUScheduler" and names.get("cvops-registry") == "ModelRegistry"
+        assert (
+            names.get("cvops-scheduler") == "GPUScheduler" and names.get("cvops-registry") == "ModelRegistry"
+        )
         assert names.get("cvops-eventlog") == "EventLog"
         assert names.get(f"Trainer:{job['id']}:1") == "Trainer", names
     finally:

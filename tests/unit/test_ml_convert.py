@@ -14,6 +14,7 @@ import torch
 
 from cvops.errors import ValidationFailed
 from cvops.events.schema import ModelConverted, decode_event, encode_event, type_of
+from cvops.ml.conversion import run_conversion
 from cvops.ml.convert import (
     ATOL,
     ConversionResult,
@@ -22,7 +23,6 @@ from cvops.ml.convert import (
     convert_preset,
     ort_session,
 )
-from cvops.ml.conversion import run_conversion
 from cvops.ml.converted import ConversionRequest
 from cvops.ml.presets import SPECS, build_preset
 
