@@ -15,16 +15,14 @@ import msgspec
 import ray
 
 from cvops.actors.common import NAMESPACE, call, call_sync, get_actor, unwrap
-from cvops.actors.conversion import convert_task, dataset_task
+from cvops.actors.conversion import convert_task
 from cvops.actors.eventlog import EventStore
+from cvops.actors.registry_datasets import TASKS, DatasetRecords
 from cvops.blobs import BlobStore
 from cvops.config import Settings
 from cvops.errors import ConcurrencyError, Conflict, CvopsError, NotFound, ValidationFailed
 from cvops.events import projections as proj
 from cvops.events.schema import (
-    DatasetRejected,
-    DatasetUploaded,
-    DatasetValidated,
     Event,
     ModelConversionStarted,
     ModelDeleted,
@@ -37,9 +35,6 @@ log = logging.getLogger(__name__)
 
 ACTOR_NAME = "cvops-registry"
 MAX_ATTEMPTS = 3
-TASKS = ("classification", "detection")
-
-
 # uploads whose original file is dropped once cvops has written the verified ONNX and torch form
 UPLOAD_FORMATS_DROPPED = ("torchscript", "torch_export", "state_dict", "ultralytics", "tensorflow")
 
@@ -53,15 +48,11 @@ def model_stream(model_id: str) -> str:
     return f"model-{model_id}"
 
 
-def dataset_stream(dataset_id: str) -> str:
-    return f"dataset-{dataset_id}"
-
-
 # ------------------------------------------------------------------------------------------ actor
 
 
 @ray.remote(num_cpus=0, max_restarts=-1)
-class ModelRegistry:
+class ModelRegistry(DatasetRecords):
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.store = EventStore.connect()
@@ -278,83 +269,6 @@ class ModelRegistry:
     async def state_hash(self) -> str:
         await self._sync()
         return proj.state_hash([self.models, self.datasets])
-
-    # ------------------------------------------------------------------------------- datasets
-    def _dataset(self, dataset_id: str) -> proj.DatasetRecord:
-        d = self.datasets.datasets.get(dataset_id)
-        if d is None:
-            raise NotFound(f"no dataset {dataset_id!r}", {"dataset_id": dataset_id})
-        return d
-
-    async def register_dataset(self, fields: dict[str, Any], user: str) -> dict[str, Any]:
-        await self._ensure_started()
-        dataset_id = uuid.uuid4().hex[:16]
-        if fields.get("task") not in TASKS:
-            raise ValidationFailed(f"task must be one of {', '.join(TASKS)}", {"field": "task"})
-        if fields.get("format") not in ("imagefolder", "yolo"):
-            raise ValidationFailed("format must be imagefolder or yolo", {"field": "format"})
-        event = msgspec.convert({"dataset_id": dataset_id, **fields}, DatasetUploaded)
-        await self._append(dataset_stream(dataset_id), [event], 0, user)
-        self._spawn_dataset(dataset_id)
-        return msgspec.to_builtins(self._dataset(dataset_id))  # type: ignore[no-any-return]
-
-    def _spawn_dataset(self, dataset_id: str) -> None:
-        key = f"dataset:{dataset_id}"
-        if key not in self.running:
-            self.running[key] = asyncio.create_task(self._validate(dataset_id, key))
-
-    async def _validate(self, dataset_id: str, key: str) -> None:
-        try:
-            d = self._dataset(dataset_id)
-            rec = msgspec.to_builtins(d)
-            version = await self.store.stream_version(dataset_stream(dataset_id))
-            try:
-                fields = await dataset_task.remote(self.settings, rec)
-            except Exception as exc:  # noqa: BLE001 - every failure becomes a rejection with its reason
-                inner = unwrap(exc)
-                reason = (
-                    inner.message
-                    if isinstance(inner, CvopsError)
-                    else f"{type(inner).__name__}: {str(inner)[:500]}"
-                )
-                details = inner.details if isinstance(inner, CvopsError) else {}
-                self._release(d.sha256, skip_dataset=dataset_id)  # before the rejection is visible
-                await self._append(
-                    dataset_stream(dataset_id),
-                    [DatasetRejected(dataset_id=dataset_id, reason=reason, details=details)],
-                    version,
-                )
-                return
-            allowed = set(DatasetValidated.__struct_fields__)
-            event = msgspec.convert(
-                {"dataset_id": dataset_id, **{k: v for k, v in fields.items() if k in allowed}},
-                DatasetValidated,
-            )
-            await self._append(dataset_stream(dataset_id), [event], version)
-        except CvopsError as exc:
-            log.warning("validation of %s could not be recorded: %s", dataset_id, exc)
-        finally:
-            self.running.pop(key, None)
-
-    async def get_dataset(self, dataset_id: str) -> dict[str, Any]:
-        await self._sync()
-        return msgspec.to_builtins(self._dataset(dataset_id))  # type: ignore[no-any-return]
-
-    async def list_datasets(self) -> list[dict[str, Any]]:
-        await self._sync()
-        return [
-            msgspec.to_builtins(d)
-            for d in sorted(self.datasets.datasets.values(), key=lambda d: d.created_ts)
-        ]
-
-    async def wait_dataset(self, dataset_id: str, timeout: float) -> dict[str, Any]:
-        loop = asyncio.get_running_loop()
-        end = loop.time() + timeout
-        while True:
-            d = self._dataset(dataset_id)
-            if d.status in ("ready", "failed") or loop.time() >= end:
-                return msgspec.to_builtins(d)  # type: ignore[no-any-return]
-            await asyncio.sleep(0.1)
 
     async def stop(self) -> None:
         for t in self.running.values():
