@@ -1,4 +1,4 @@
-"""Benchmarker: the body of a benchmark job, run by a JobWorker actor that holds a GPU token.
+"""Benchmarker: the actor of a benchmark job (one per attempt, holding a GPU token) and its body.
 
 Measures every configured engine with :func:`cvops.bench.run_benchmark`, then appends the results
 (BenchmarkMeasured) and the pure selection (EngineSelected) to the job's stream."""
@@ -9,10 +9,13 @@ import logging
 from typing import Any
 
 import msgspec
+import ray
 
-from cvops.actors.jobs import JobCancelled, JobContext
+from cvops.actors.jobs import JobActor, JobCancelled, JobContext
+from cvops.actors.registry import Registry
 from cvops.errors import ValidationFailed
 from cvops.events.schema import BenchmarkMeasured, EngineSelected
+from cvops.jobs_api import BenchmarkJob
 
 log = logging.getLogger(__name__)
 
@@ -28,24 +31,23 @@ CONFIG_KEYS = (
 )
 
 
-def benchmark_config(spec: dict[str, Any]) -> Any:
+def benchmark_config(job: BenchmarkJob) -> Any:
     from cvops.bench import BenchmarkConfig
 
+    spec = msgspec.to_builtins(job)
     data = {k: spec[k] for k in CONFIG_KEYS if spec.get(k) is not None}
     return BenchmarkConfig.from_dict(data)
 
 
 def run_benchmark_job(ctx: JobContext) -> dict[str, Any]:
-    import ray
-
-    from cvops.actors.registry import Registry, build_torch_source
     from cvops.bench import run_benchmark
+    from cvops.ml.torch_source import build_torch_source
     from cvops.selection import select
 
-    spec = ctx.spec
-    config = benchmark_config(spec)
-    registry = Registry.connect()
-    rec = ray.get(registry._h.get.remote(spec["model_id"]))
+    job = ctx.job
+    assert isinstance(job, BenchmarkJob)
+    config = benchmark_config(job)
+    rec = Registry.connect().get_sync(job.model_id)
     if rec["status"] != "ready" or not rec.get("onnx"):
         raise ValidationFailed(f"model {rec['id']} is not ready")
     onnx_path = ctx.blobs.path(rec["onnx"]["sha256"])
@@ -105,3 +107,11 @@ def run_benchmark_job(ctx: JobContext) -> dict[str, Any]:
             for r in result.results
         },
     }
+
+
+@ray.remote(num_cpus=0, max_concurrency=4, max_restarts=0)  # type: ignore[call-overload]
+class Benchmarker(JobActor):
+    """The actor of one benchmark job attempt."""
+
+    kind = "benchmark"
+    body = staticmethod(run_benchmark_job)

@@ -43,6 +43,19 @@ async def call(ref: Awaitable[T]) -> T:
         raise Unavailable("a cvops actor is not available", {"reason": str(exc)[:300]}) from exc
 
 
+def call_sync(ref: Any) -> Any:
+    """Block on a Ray call (from a worker thread, never an event loop) like :func:`call` awaits it."""
+    try:
+        return ray.get(ref)
+    except RayTaskError as exc:
+        inner = unwrap(exc)
+        if isinstance(inner, CvopsError):
+            raise inner from None
+        raise
+    except RayActorError as exc:
+        raise Unavailable("a cvops actor is not available", {"reason": str(exc)[:300]}) from exc
+
+
 def worker_priority() -> None:
     """Ray starts workers at nice 15; job and inference workers run at the normal priority."""
     try:

@@ -13,7 +13,7 @@ from typing import Any
 import ray
 
 from cvops.actors.common import NAMESPACE, call
-from cvops.events.log import EventLog
+from cvops.events import log as sqlite_log
 from cvops.events.schema import Envelope, Event, decode_envelopes, encode_envelopes, encode_event, type_of
 from cvops.events.store import subscribe
 
@@ -21,19 +21,21 @@ ACTOR_NAME = "cvops-eventlog"
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0)
-class _EventLogActor:
+class EventLog:
+    """The actor around the SQLite :class:`cvops.events.log.EventLog`; Ray lists it by this class name."""
+
     def __init__(self, path: str) -> None:
         self._path = path
-        self._log: EventLog | None = None
+        self._log: sqlite_log.EventLog | None = None
         self._opening: asyncio.Lock | None = None
 
-    async def _get(self) -> EventLog:
+    async def _get(self) -> sqlite_log.EventLog:
         if self._log is None:
             if self._opening is None:
                 self._opening = asyncio.Lock()
             async with self._opening:
                 if self._log is None:
-                    self._log = await EventLog.open(self._path)
+                    self._log = await sqlite_log.EventLog.open(self._path)
         return self._log
 
     async def ping(self) -> int:
@@ -86,7 +88,7 @@ class _EventLogActor:
 
 
 class EventStore:
-    """Public facade over the EventLog actor; the same API as :class:`EventLog`."""
+    """Public facade over the EventLog actor; the same API as :class:`cvops.events.log.EventLog`."""
 
     def __init__(self, handle: Any) -> None:
         self._h = handle
@@ -96,7 +98,7 @@ class EventStore:
         """Start (or reconnect to) the named actor, pinned to the node that calls this (the head)."""
         node = ray.get_runtime_context().get_node_id()
         strategy = ray.util.scheduling_strategies.NodeAffinitySchedulingStrategy(node_id=node, soft=False)
-        handle = _EventLogActor.options(  # type: ignore[attr-defined]
+        handle = EventLog.options(  # type: ignore[attr-defined]
             name=name,
             namespace=NAMESPACE,
             get_if_exists=True,

@@ -1,4 +1,4 @@
-"""GAEvolver: the body of an evolve job. Each trial is a child train job submitted through the
+"""GAEvolver: the actor of an evolve job and its body. Each trial is a child train job submitted through the
 GPUScheduler (so the token limit holds for trials too); each finished trial is a TrialCompleted
 event, and a resumed evolution rebuilds its populations from those and never re-runs a trial.
 
@@ -15,10 +15,12 @@ from typing import Any
 
 import ray
 
-from cvops.actors.jobs import JobCancelled, JobContext
-from cvops.errors import ValidationFailed
+from cvops.actors.jobs import JobActor, JobCancelled, JobContext
+from cvops.actors.scheduler_client import SchedulerClient
+from cvops.errors import CvopsError, ValidationFailed
 from cvops.events.schema import TrialCompleted
 from cvops.ga import initial_population, next_generation, parse_space
+from cvops.jobs_api import EvolveJob
 
 log = logging.getLogger(__name__)
 
@@ -40,21 +42,17 @@ def _finished_trials(ctx: JobContext) -> dict[tuple[int, int], TrialCompleted]:
 
 
 def run_evolve_job(ctx: JobContext) -> dict[str, Any]:
-    from cvops.actors.scheduler import ACTOR_NAME as SCHEDULER
     from cvops.ml.training import validate_hyperparameters
 
-    spec = ctx.spec
+    job = ctx.job
+    assert isinstance(job, EvolveJob)
     if ctx.settings.gpu_tokens < 2:
         raise ValidationFailed(
             "evolve needs CVOPS_GPU_TOKENS >= 2: the evolution holds one, its trials need another"
         )
-    space = parse_space(spec.get("search_space"))
-    size, generations, seed = (
-        int(spec.get("population", 8)),
-        int(spec.get("generations", 3)),
-        int(spec.get("seed", 0)),
-    )
-    scheduler = ray.get_actor(SCHEDULER, namespace="cvops")
+    space = parse_space(dict(job.search_space))
+    size, generations, seed = job.population, job.generations, job.seed
+    scheduler = SchedulerClient.connect()
     done = _finished_trials(ctx)
     population = initial_population(space, size, seed)
     history: list[dict[str, Any]] = []
@@ -76,23 +74,23 @@ def run_evolve_job(ctx: JobContext) -> dict[str, Any]:
             cid = child_id(ctx.job_id, gen, i)
             child_spec = {
                 "kind": "train",
-                "model_id": spec["model_id"],
-                "dataset_id": spec["dataset_id"],
+                "model_id": job.model_id,
+                "dataset_id": job.dataset_id,
                 "hyperparameters": genome,
                 "register": False,
             }
-            ray.get(scheduler.submit.remote("train", child_spec, f"evolve:{ctx.job_id}", cid, ctx.job_id))
+            scheduler.submit_child_sync("train", child_spec, f"evolve:{ctx.job_id}", cid, ctx.job_id)
             waiting[i] = cid
         while waiting:
             if ctx.should_stop():
                 for cid in waiting.values():
                     try:
-                        ray.get(scheduler.cancel.remote(cid, f"evolve:{ctx.job_id}"))
-                    except ray.exceptions.RayTaskError as exc:
+                        scheduler.cancel_sync(cid, f"evolve:{ctx.job_id}")
+                    except CvopsError as exc:
                         log.debug("trial %s already ended: %s", cid, exc)
                 raise JobCancelled(ctx.job_id)
             for i, cid in list(waiting.items()):
-                view: Any = ray.get(scheduler.get.remote(cid))
+                view = scheduler.get_sync(cid)
                 if view["status"] not in TERMINAL:
                     continue
                 result = view.get("result") or {}
@@ -144,3 +142,11 @@ def run_evolve_job(ctx: JobContext) -> dict[str, Any]:
         "trials": size * generations,
         "seconds": time.monotonic() - t0,
     }
+
+
+@ray.remote(num_cpus=0, max_concurrency=4, max_restarts=0)  # type: ignore[call-overload]
+class GAEvolver(JobActor):
+    """The actor of one evolve job attempt (it runs no model itself: its trials are train jobs)."""
+
+    kind = "evolve"
+    body = staticmethod(run_evolve_job)

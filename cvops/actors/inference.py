@@ -45,10 +45,10 @@ class InferenceWorker:
         worker_priority()
         import msgspec
 
-        from cvops.actors.registry import build_torch_source
         from cvops.blobs import BlobStore
         from cvops.ml.engines import get_engine
         from cvops.ml.inference import Predictor
+        from cvops.ml.torch_source import build_torch_source
 
         blobs = BlobStore(settings.blob_root)
         onnx = model["onnx"]

@@ -1,8 +1,10 @@
-"""The job worker actor: runs one job (train, evolve, benchmark) for the GPUScheduler.
+"""What every job actor shares: :class:`JobActor` (the base of the Trainer, GAEvolver and Benchmarker
+actor classes), the :class:`JobContext` a job body gets, and the blocking :class:`SyncStore`.
 
-A worker is a threaded actor, so ``cancel`` runs beside ``run`` and flips a flag the job checks
+A job actor is a threaded actor, so ``cancel`` runs beside ``run`` and flips a flag the job checks
 between steps.  The job's own facts (JobProgressed, CheckpointSaved, BenchmarkMeasured, ...) go to
-its stream ``job-<id>``; only the scheduler writes the job's status.
+its stream ``job-<id>``; only the scheduler writes the job's status.  This module imports no job body
+and no other actor module but the event log's, so the bodies and the scheduler can import it.
 """
 
 from __future__ import annotations
@@ -11,11 +13,12 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
+import msgspec
 import ray
 
-from cvops.actors.common import unwrap, worker_priority
+from cvops.actors.common import call_sync, worker_priority
 from cvops.actors.eventlog import ACTOR_NAME
 from cvops.blobs import BlobStore
 from cvops.config import Settings
@@ -32,6 +35,7 @@ from cvops.events.schema import (
     type_of,
 )
 from cvops.gc import KeptCheckpoint, checkpoints_to_discard, parse_keep
+from cvops.jobs_api import BenchmarkJob, EvolveJob, JobRequest, TrainJob
 
 log = logging.getLogger(__name__)
 
@@ -50,14 +54,8 @@ class SyncStore:
 
     def append(self, stream: str, events: Sequence[Event], expected_version: int | None = None) -> list[int]:
         items = [(type_of(e), encode_event(e)) for e in events]
-        try:
-            seqs: list[int] = ray.get(self._h.append.remote(stream, items, expected_version, "", "", ""))
-            return seqs
-        except ray.exceptions.RayTaskError as exc:
-            inner = unwrap(exc)
-            if isinstance(inner, CvopsError):
-                raise inner from None
-            raise
+        seqs: list[int] = call_sync(self._h.append.remote(stream, items, expected_version, "", "", ""))
+        return seqs
 
     def read_stream(self, stream: str) -> list[Envelope]:
         out: list[Envelope] = []
@@ -75,8 +73,35 @@ class SyncStore:
         return int(version)
 
 
+def typed_job(spec: dict[str, Any]) -> tuple[JobRequest, bool]:
+    """The typed request a job's ``spec`` was made from, and whether a train job registers its model
+    (an evolution's trials carry ``register: false``).  Keys a request type does not know (specs
+    written by older versions) are dropped rather than failing a resumed job."""
+    kind = str(spec.get("kind"))
+    types: dict[str, type[TrainJob] | type[EvolveJob] | type[BenchmarkJob]] = {
+        "train": TrainJob,
+        "evolve": EvolveJob,
+        "benchmark": BenchmarkJob,
+    }
+    cls = types.get(kind)
+    if cls is None:
+        raise CvopsError(f"unknown job kind {kind!r}")
+    known = set(cls.__struct_fields__)
+    data = {k: v for k, v in spec.items() if k in known and v is not None}
+    return msgspec.convert(data, cls), spec.get("register") is not False
+
+
+class JobOutcome(msgspec.Struct, frozen=True, kw_only=True):
+    """How a job actor's ``run`` ended; a raised error means the actor itself broke."""
+
+    outcome: str  # "succeeded" | "cancelled" | "failed"
+    result: dict[str, Any] | None = None
+    error: str | None = None
+    details: dict[str, Any] | None = None
+
+
 class JobContext:
-    """What a job body gets: its spec, device, and the ways to report progress and checkpoints."""
+    """What a job body gets: its typed request, device, and the ways to report progress and checkpoints."""
 
     def __init__(
         self,
@@ -91,7 +116,7 @@ class JobContext:
         last_checkpoint: dict[str, Any] | None,
     ) -> None:
         self.job_id = job_id
-        self.spec = spec
+        self.job, self.register = typed_job(spec)
         self.device = device
         self.token = token
         self.attempt = attempt
@@ -177,62 +202,64 @@ class JobContext:
 JobBody = Callable[[JobContext], dict[str, Any]]
 
 
-def job_body(kind: str) -> JobBody:
-    if kind == "benchmark":
-        from cvops.actors.benchmarker import run_benchmark_job
+class JobActor:
+    """The base of the job actor classes.  One actor per job attempt, created by the GPUScheduler
+    (named ``<Class>:<job id>:<attempt>``) and killed when the job ends.  A subclass names its
+    ``kind`` and its ``body``; it is declared ``@ray.remote`` so Ray lists it by its class name."""
 
-        return run_benchmark_job
-    if kind == "train":
-        from cvops.actors.trainer import run_train_job
-
-        return run_train_job
-    if kind == "evolve":
-        from cvops.actors.evolver import run_evolve_job
-
-        return run_evolve_job
-    raise CvopsError(f"unknown job kind {kind!r}")
-
-
-@ray.remote(num_cpus=0, max_concurrency=4, max_restarts=0)  # type: ignore[call-overload]
-class JobWorker:
-    """One per running job; the scheduler kills it when the job ends."""
+    kind: ClassVar[str] = ""
 
     def __init__(self, settings: Settings) -> None:
         worker_priority()
         self._settings = settings
         self._cancel = threading.Event()
 
+    @staticmethod
+    def body(ctx: JobContext) -> dict[str, Any]:
+        raise NotImplementedError
+
     def run(
         self,
         job_id: str,
-        kind: str,
         spec: dict[str, Any],
         device: str,
         token: int,
         attempt: int,
         last_checkpoint: dict[str, Any] | None,
-    ) -> dict[str, Any]:
-        """Returns ``{"outcome": "succeeded"|"cancelled"|"failed", ...}``; never raises for a job
-        error (that is an outcome), so a raised error means the worker itself broke."""
+    ) -> JobOutcome:
+        """Never raises for a job error (that is an outcome), so a raised error means the actor broke."""
         if device.startswith("cuda") and ray.get_gpu_ids():
             device = "cuda:0"  # Ray made the GPU it assigned the only visible one
-        ctx = JobContext(
-            job_id, spec, device, token, attempt, self._settings, SyncStore(), self._cancel, last_checkpoint
-        )
-        body = job_body(kind)
         try:
-            result = body(ctx)
+            ctx = JobContext(
+                job_id,
+                spec,
+                device,
+                token,
+                attempt,
+                self._settings,
+                SyncStore(),
+                self._cancel,
+                last_checkpoint,
+            )
+            result = self.body(ctx)
         except JobCancelled:
-            return {"outcome": "cancelled"}
+            return JobOutcome(outcome="cancelled")
         except CvopsError as exc:
-            return {"outcome": "failed", "error": exc.message, "details": {"code": exc.code, **exc.details}}
+            return JobOutcome(outcome="failed", error=exc.message, details={"code": exc.code, **exc.details})
         except Exception as exc:
             log.exception("job %s failed", job_id)
-            return {"outcome": "failed", "error": f"{type(exc).__name__}: {exc}", "details": {}}
+            return JobOutcome(outcome="failed", error=f"{type(exc).__name__}: {exc}", details={})
         if self._cancel.is_set() and result.get("cancelled"):
-            return {"outcome": "cancelled"}
-        return {"outcome": "succeeded", "result": result}
+            return JobOutcome(outcome="cancelled")
+        return JobOutcome(outcome="succeeded", result=result)
 
     def cancel(self) -> bool:
         self._cancel.set()
         return True
+
+
+def job_actor_name(class_name: str, job_id: str, attempt: int) -> str:
+    """The Ray actor name of a job's actor: its class, the job id and the attempt (a requeued job's next
+    actor may start before the previous one is gone, and actor names are unique)."""
+    return f"{class_name}:{job_id}:{attempt}"

@@ -1,54 +1,40 @@
-"""ModelRegistry actor: models and datasets.  Uploads and presets are recorded, then converted
-(models) or extracted and validated (datasets) in Ray tasks that run in their own worker process
-(``max_calls=1``, memory-capped), so a crashing or hostile file cannot take the registry down."""
+"""ModelRegistry actor: models and datasets, and its facade :class:`Registry` (async methods for event
+loops, ``*_sync`` ones for job bodies in worker threads).  Uploads and presets are recorded, then converted
+(models) or extracted and validated (datasets) in the Ray tasks of :mod:`cvops.actors.conversion`, which
+run in their own worker process (``max_calls=1``, memory-capped), so a crashing or hostile file cannot
+take the registry down."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import shutil
 import uuid
-from pathlib import Path
 from typing import Any
 
 import msgspec
 import ray
 
-from cvops.actors.common import NAMESPACE, call, unwrap
+from cvops.actors.common import NAMESPACE, call, call_sync, get_actor, unwrap
+from cvops.actors.conversion import convert_task
 from cvops.actors.eventlog import EventStore
+from cvops.actors.registry_datasets import TASKS, DatasetRecords
 from cvops.blobs import BlobStore
 from cvops.config import Settings
 from cvops.errors import ConcurrencyError, Conflict, CvopsError, NotFound, ValidationFailed
 from cvops.events import projections as proj
 from cvops.events.schema import (
-    DatasetRejected,
-    DatasetUploaded,
-    DatasetValidated,
     Event,
     ModelConversionStarted,
-    ModelConverted,
     ModelDeleted,
     ModelRejected,
     ModelUploaded,
-    Parity,
-    Preprocessing,
-    TensorSpec,
 )
+from cvops.ml.conversion import ConversionRequest, ConvertedModel
 
 log = logging.getLogger(__name__)
 
 ACTOR_NAME = "cvops-registry"
 MAX_ATTEMPTS = 3
-TASKS = ("classification", "detection")
-
-
-def conversion_memory_bytes(settings: Settings) -> int:
-    """Each conversion's memory cap: the machine's RAM shared by the conversions that may run at once."""
-    import psutil
-
-    return int(psutil.virtual_memory().total // max(1, settings.max_conversions))
-
-
 # uploads whose original file is dropped once cvops has written the verified ONNX and torch form
 UPLOAD_FORMATS_DROPPED = ("torchscript", "torch_export", "state_dict", "ultralytics", "tensorflow")
 
@@ -62,170 +48,11 @@ def model_stream(model_id: str) -> str:
     return f"model-{model_id}"
 
 
-def dataset_stream(dataset_id: str) -> str:
-    return f"dataset-{dataset_id}"
-
-
-# ------------------------------------------------------------------------------ conversion (a task)
-
-
-def _limit_memory(limit: int) -> None:
-    import resource
-
-    try:
-        soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
-        cap = limit if hard == resource.RLIM_INFINITY else min(limit, hard)
-        resource.setrlimit(resource.RLIMIT_DATA, (cap, hard))
-    except (ValueError, OSError) as exc:
-        log.warning("could not cap conversion memory: %s", exc)
-
-
-def build_torch_source(rec: dict[str, Any], blobs: BlobStore) -> Any:
-    """The torch module of a model record that has a torch form (presets, trained models, ``.pt2``,
-    state_dict and Ultralytics uploads): always a file cvops wrote itself from the verified model, a
-    state_dict (loaded ``weights_only``) or a re-saved, re-checked ``.pt2``.  Never the user's upload."""
-    import torch
-
-    from cvops.ml import presets
-
-    onnx = rec.get("onnx") or {}
-    fmt = onnx.get("torch_format") or ""
-    sha = onnx.get("torch_sha256") or ""
-    if not fmt or not sha or fmt not in ("state_dict", "torch_export"):
-        return None  # ONNX uploads; records of older versions whose torch form was a TorchScript upload
-    path = blobs.path(sha)
-    arch = onnx.get("torch_arch") or rec.get("arch") or rec.get("preset")
-    if fmt == "state_dict" and arch in presets.PRESETS:
-        state = torch.load(path, weights_only=True, map_location="cpu")
-        return presets.build_preset(
-            arch,
-            num_classes=rec.get("num_classes") or len(rec.get("labels") or []) or None,
-            image_size=rec.get("image_size"),
-            state_dict=state,
-        ).module
-    from cvops.ml.formats import load_torch_model
-
-    return load_torch_model(path, fmt, arch=arch, num_classes=rec.get("num_classes"))
-
-
-@ray.remote(num_cpus=1, max_calls=1, max_retries=0)
-def _convert_task(settings: Settings, rec: dict[str, Any]) -> dict[str, Any]:
-    """Convert one model to ONNX with a parity check; returns the ModelConverted fields."""
-    import io
-    import tempfile
-
-    import torch
-
-    from cvops.actors.common import worker_priority
-    from cvops.ml import convert, presets
-
-    worker_priority()
-    _limit_memory(conversion_memory_bytes(settings))
-    torch.set_num_threads(2)
-    blobs = BlobStore(settings.blob_root)
-    with tempfile.TemporaryDirectory(dir=blobs.tmp_dir) as tmp:
-        out = Path(tmp) / "model.onnx"
-        torch_sha, torch_format, arch = "", "", rec.get("arch")
-        pretrained_fields: dict[str, str] = {}
-        fmt = rec["source_format"]
-        if fmt == "preset" or (fmt == "state_dict" and rec.get("arch") in presets.PRESETS):
-            state = None
-            num_classes = rec.get("num_classes")
-            if fmt == "state_dict":
-                from cvops.ml.formats import infer_num_classes
-
-                state = presets.load_state_dict_file(blobs.path(rec["source_sha256"]))
-                if num_classes is None and not rec.get("labels"):
-                    num_classes = infer_num_classes(rec["arch"], state)
-            labels = rec.get("labels") or None
-            weights = None
-            if rec.get("pretrained"):
-                from cvops.ml import pretrained
-
-                weights = pretrained.load_pretrained(rec["preset"], settings.weights_path)
-                if num_classes is None and labels is None and weights.labels:
-                    labels = weights.labels
-            built = presets.build_preset(
-                rec.get("preset") or rec["arch"],
-                num_classes=num_classes,
-                image_size=rec.get("image_size"),
-                labels=labels,
-                state_dict=state,
-            )
-            if weights is not None:
-                pretrained.load_into(built.module, weights.state_dict)
-                pretrained_fields = {"pretrained_file": weights.file, "pretrained_sha256": weights.sha256}
-            # the torch form is a state_dict cvops writes from the built module, never the upload itself
-            buf = io.BytesIO()
-            torch.save(built.module.state_dict(), buf)
-            torch_sha = blobs.put_bytes(buf.getvalue()).sha256
-            torch_format, arch = "state_dict", built.name
-            result = convert.convert_module(
-                built.module,
-                built.task,
-                built.input_shape,
-                out,
-                preprocessing=built.preprocessing,
-                labels=built.labels,
-            )
-        else:
-            src = blobs.path(rec["source_sha256"])
-            torch_out = Path(tmp) / "torch-form"
-            result = convert.convert(
-                src,
-                fmt,
-                task=rec["task"],
-                input_shape=rec.get("input_shape"),
-                arch=rec.get("arch"),
-                num_classes=rec.get("num_classes"),
-                labels=rec.get("labels") or None,
-                out_path=out,
-                torch_out=torch_out,
-            )
-            if result.torch_format:
-                torch_sha = blobs.put_file(torch_out).sha256
-                torch_format, arch = result.torch_format, result.torch_arch or arch
-        ref = blobs.put_file(out)
-    fields: dict[str, Any] = msgspec.to_builtins(result)
-    fields.update(
-        onnx_sha256=ref.sha256,
-        onnx_bytes=ref.bytes,
-        torch_sha256=torch_sha,
-        torch_format=torch_format,
-        arch=arch,
-        **pretrained_fields,
-    )
-    return fields
-
-
-@ray.remote(num_cpus=1, max_calls=1, max_retries=0)
-def _dataset_task(settings: Settings, rec: dict[str, Any]) -> dict[str, Any]:
-    """Extract a dataset zip safely and validate it; returns the DatasetValidated fields."""
-    from cvops.actors.common import worker_priority
-    from cvops.ml.datasets import safe_extract, validate_dataset
-
-    worker_priority()
-    blobs = BlobStore(settings.blob_root)
-    rel = Path("datasets") / rec["id"]
-    dest = settings.data_path / rel
-    if dest.exists():
-        shutil.rmtree(dest)
-    try:
-        safe_extract(blobs.path(rec["sha256"]), dest, max_total_bytes=settings.max_dataset_bytes)
-        info = validate_dataset(dest, rec["task"], rec["format"])
-    except BaseException:
-        shutil.rmtree(dest, ignore_errors=True)
-        raise
-    out: dict[str, Any] = msgspec.to_builtins(info)
-    out["path"] = str(rel)
-    return out
-
-
 # ------------------------------------------------------------------------------------------ actor
 
 
 @ray.remote(num_cpus=0, max_restarts=-1)
-class _RegistryActor:
+class ModelRegistry(DatasetRecords):
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.store = EventStore.connect()
@@ -328,10 +155,10 @@ class _RegistryActor:
                 [ModelConversionStarted(model_id=model_id, attempt=attempt)],
                 m.version,
             )
-            rec = self._view(self._model(model_id))
+            req = msgspec.convert(self._view(self._model(model_id)), ConversionRequest)
             try:
                 async with self.conversions:
-                    fields = await self._run_conversion(rec)
+                    converted = await self._run_conversion(req)
             except Exception as exc:  # noqa: BLE001 - every failure becomes a rejection with its reason
                 inner = unwrap(exc)
                 if isinstance(inner, CvopsError):
@@ -348,23 +175,7 @@ class _RegistryActor:
                     self._model(model_id).version,
                 )
                 return
-            event = ModelConverted(
-                model_id=model_id,
-                onnx_sha256=fields["onnx_sha256"],
-                onnx_bytes=fields["onnx_bytes"],
-                opset=fields["opset"],
-                inputs=msgspec.convert(fields["inputs"], list[TensorSpec]),
-                outputs=msgspec.convert(fields["outputs"], list[TensorSpec]),
-                parameter_count=fields["parameter_count"],
-                preprocessing=msgspec.convert(fields["preprocessing"], Preprocessing),
-                parity=msgspec.convert(fields["parity"], Parity),
-                labels=fields.get("labels") or [],
-                torch_sha256=fields.get("torch_sha256", ""),
-                torch_format=fields.get("torch_format", ""),
-                arch=fields.get("arch"),
-                pretrained_file=fields.get("pretrained_file", ""),
-                pretrained_sha256=fields.get("pretrained_sha256", ""),
-            )
+            event = converted.to_event(model_id)
             await self._append(model_stream(model_id), [event], self._model(model_id).version)
             m = self._model(model_id)
             if source_dropped(m) and m.source_sha256:
@@ -374,10 +185,10 @@ class _RegistryActor:
         finally:
             self.running.pop(model_id, None)
 
-    async def _run_conversion(self, rec: dict[str, Any]) -> dict[str, Any]:
+    async def _run_conversion(self, req: ConversionRequest) -> ConvertedModel:
         """The conversion task under a wall-clock limit; past it the task is killed and the model rejected."""
         limit = self.settings.conversion_timeout_s
-        ref = _convert_task.remote(self.settings, rec)
+        ref = convert_task.remote(self.settings, req)
         try:
             return await asyncio.wait_for(asyncio.wrap_future(ref.future()), timeout=limit)
         except TimeoutError:
@@ -459,83 +270,6 @@ class _RegistryActor:
         await self._sync()
         return proj.state_hash([self.models, self.datasets])
 
-    # ------------------------------------------------------------------------------- datasets
-    def _dataset(self, dataset_id: str) -> proj.DatasetRecord:
-        d = self.datasets.datasets.get(dataset_id)
-        if d is None:
-            raise NotFound(f"no dataset {dataset_id!r}", {"dataset_id": dataset_id})
-        return d
-
-    async def register_dataset(self, fields: dict[str, Any], user: str) -> dict[str, Any]:
-        await self._ensure_started()
-        dataset_id = uuid.uuid4().hex[:16]
-        if fields.get("task") not in TASKS:
-            raise ValidationFailed(f"task must be one of {', '.join(TASKS)}", {"field": "task"})
-        if fields.get("format") not in ("imagefolder", "yolo"):
-            raise ValidationFailed("format must be imagefolder or yolo", {"field": "format"})
-        event = msgspec.convert({"dataset_id": dataset_id, **fields}, DatasetUploaded)
-        await self._append(dataset_stream(dataset_id), [event], 0, user)
-        self._spawn_dataset(dataset_id)
-        return msgspec.to_builtins(self._dataset(dataset_id))  # type: ignore[no-any-return]
-
-    def _spawn_dataset(self, dataset_id: str) -> None:
-        key = f"dataset:{dataset_id}"
-        if key not in self.running:
-            self.running[key] = asyncio.create_task(self._validate(dataset_id, key))
-
-    async def _validate(self, dataset_id: str, key: str) -> None:
-        try:
-            d = self._dataset(dataset_id)
-            rec = msgspec.to_builtins(d)
-            version = await self.store.stream_version(dataset_stream(dataset_id))
-            try:
-                fields = await _dataset_task.remote(self.settings, rec)
-            except Exception as exc:  # noqa: BLE001 - every failure becomes a rejection with its reason
-                inner = unwrap(exc)
-                reason = (
-                    inner.message
-                    if isinstance(inner, CvopsError)
-                    else f"{type(inner).__name__}: {str(inner)[:500]}"
-                )
-                details = inner.details if isinstance(inner, CvopsError) else {}
-                self._release(d.sha256, skip_dataset=dataset_id)  # before the rejection is visible
-                await self._append(
-                    dataset_stream(dataset_id),
-                    [DatasetRejected(dataset_id=dataset_id, reason=reason, details=details)],
-                    version,
-                )
-                return
-            allowed = set(DatasetValidated.__struct_fields__)
-            event = msgspec.convert(
-                {"dataset_id": dataset_id, **{k: v for k, v in fields.items() if k in allowed}},
-                DatasetValidated,
-            )
-            await self._append(dataset_stream(dataset_id), [event], version)
-        except CvopsError as exc:
-            log.warning("validation of %s could not be recorded: %s", dataset_id, exc)
-        finally:
-            self.running.pop(key, None)
-
-    async def get_dataset(self, dataset_id: str) -> dict[str, Any]:
-        await self._sync()
-        return msgspec.to_builtins(self._dataset(dataset_id))  # type: ignore[no-any-return]
-
-    async def list_datasets(self) -> list[dict[str, Any]]:
-        await self._sync()
-        return [
-            msgspec.to_builtins(d)
-            for d in sorted(self.datasets.datasets.values(), key=lambda d: d.created_ts)
-        ]
-
-    async def wait_dataset(self, dataset_id: str, timeout: float) -> dict[str, Any]:
-        loop = asyncio.get_running_loop()
-        end = loop.time() + timeout
-        while True:
-            d = self._dataset(dataset_id)
-            if d.status in ("ready", "failed") or loop.time() >= end:
-                return msgspec.to_builtins(d)  # type: ignore[no-any-return]
-            await asyncio.sleep(0.1)
-
     async def stop(self) -> None:
         for t in self.running.values():
             t.cancel()
@@ -549,7 +283,7 @@ class Registry:
 
     @classmethod
     async def start(cls, settings: Settings) -> Registry:
-        handle = _RegistryActor.options(  # type: ignore[attr-defined]
+        handle = ModelRegistry.options(  # type: ignore[attr-defined]
             name=ACTOR_NAME, namespace=NAMESPACE, get_if_exists=True, max_concurrency=1000
         ).remote(settings)
         await call(handle.start.remote())
@@ -557,7 +291,7 @@ class Registry:
 
     @classmethod
     def connect(cls) -> Registry:
-        return cls(ray.get_actor(ACTOR_NAME, namespace=NAMESPACE))
+        return cls(get_actor(ACTOR_NAME))
 
     async def register(self, fields: dict[str, Any], user: str) -> dict[str, Any]:
         return await call(self._h.register.remote(fields, user))  # type: ignore[no-any-return]
@@ -594,3 +328,16 @@ class Registry:
 
     async def stop(self) -> None:
         await call(self._h.stop.remote())
+
+    # ------------------------------------------------------------------ sync (job bodies' threads)
+    def register_sync(self, fields: dict[str, Any], user: str) -> dict[str, Any]:
+        return call_sync(self._h.register.remote(fields, user))  # type: ignore[no-any-return]
+
+    def get_sync(self, model_id: str) -> dict[str, Any]:
+        return call_sync(self._h.get.remote(model_id))  # type: ignore[no-any-return]
+
+    def wait_sync(self, model_id: str, timeout: float) -> dict[str, Any]:
+        return call_sync(self._h.wait.remote(model_id, timeout))  # type: ignore[no-any-return]
+
+    def get_dataset_sync(self, dataset_id: str) -> dict[str, Any]:
+        return call_sync(self._h.get_dataset.remote(dataset_id))  # type: ignore[no-any-return]

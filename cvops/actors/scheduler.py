@@ -1,6 +1,11 @@
 """GPUScheduler actor: CVOPS_GPU_TOKENS tokens and a bounded FIFO job queue, around the pure core in
 :mod:`cvops.events.scheduling`.  Every decision is one append; the state is always the fold of the
-log, caught up after each append (so folding stays in seq order)."""
+log, caught up after each append (so folding stays in seq order).
+
+For each started job the scheduler creates the actor of its kind (:data:`cvops.actors.job_kinds.JOB_ACTORS`:
+Trainer, GAEvolver, Benchmarker) named ``<Class>:<job id>:<attempt>``, and kills it when the job ends.
+:class:`Scheduler` is the facade the gateway starts it with; job bodies use
+:class:`~cvops.actors.scheduler_client.SchedulerClient`."""
 
 from __future__ import annotations
 
@@ -14,6 +19,9 @@ from ray.exceptions import RayActorError
 
 from cvops.actors.common import NAMESPACE, call
 from cvops.actors.eventlog import EventStore
+from cvops.actors.job_kinds import job_actor_class
+from cvops.actors.jobs import JobOutcome, job_actor_name
+from cvops.actors.scheduler_client import ACTOR_NAME, SchedulerClient
 from cvops.config import Settings
 from cvops.errors import Conflict, CvopsError
 from cvops.events import scheduling as core
@@ -21,7 +29,7 @@ from cvops.events.schema import Event
 
 log = logging.getLogger(__name__)
 
-ACTOR_NAME = "cvops-scheduler"
+__all__ = ["ACTOR_NAME", "GPUScheduler", "Scheduler"]
 
 
 def _gpu_count() -> int:
@@ -34,7 +42,7 @@ def _gpu_count() -> int:
 
 
 @ray.remote(num_cpus=0, max_restarts=-1)
-class _SchedulerActor:
+class GPUScheduler:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.store = EventStore.connect()
@@ -114,26 +122,27 @@ class _SchedulerActor:
                 )
 
     def _launch(self, rec: core.JobRecord) -> None:
-        from cvops.actors.jobs import JobWorker
-
-        worker = JobWorker.options(  # type: ignore[attr-defined]
-            name=f"cvops-job-{rec.id}-{rec.attempt}", namespace=NAMESPACE, num_gpus=self._gpu_share(rec.kind)
+        cls = job_actor_class(rec.kind)
+        worker = cls.options(
+            name=job_actor_name(cls.__ray_metadata__.class_name, rec.id, rec.attempt),
+            namespace=NAMESPACE,
+            num_gpus=self._gpu_share(rec.kind),
         ).remote(self.settings)
         self.workers[rec.id] = worker
         ref = worker.run.remote(
-            rec.id, rec.kind, rec.spec, rec.device or "cpu", rec.token or 0, rec.attempt, rec.last_checkpoint
+            rec.id, rec.spec, rec.device or "cpu", rec.token or 0, rec.attempt, rec.last_checkpoint
         )
         self.tasks[rec.id] = asyncio.create_task(self._watch(rec.id, ref, worker))
 
     async def _watch(self, job_id: str, ref: Any, worker: Any) -> None:
         died: str | None = None
-        outcome: dict[str, Any] = {}
+        outcome = JobOutcome(outcome="failed")
         try:
             outcome = await ref
         except RayActorError as exc:
             died = f"worker died: {str(exc)[:200]}"
         except Exception as exc:  # noqa: BLE001 - any other failure of the worker is the job's failure
-            outcome = {"outcome": "failed", "error": f"{type(exc).__name__}: {str(exc)[:500]}"}
+            outcome = JobOutcome(outcome="failed", error=f"{type(exc).__name__}: {str(exc)[:500]}")
         finally:
             self.workers.pop(job_id, None)
             self.tasks.pop(job_id, None)
@@ -146,7 +155,7 @@ class _SchedulerActor:
             except (RayActorError, ValueError) as exc:
                 log.debug("worker already gone: %s", exc)
 
-    async def _record_end(self, job_id: str, died: str | None, outcome: dict[str, Any]) -> None:
+    async def _record_end(self, job_id: str, died: str | None, outcome: JobOutcome) -> None:
         async with self.lock:
             await self._sync()
             rec = self.state.jobs.get(job_id)
@@ -155,16 +164,16 @@ class _SchedulerActor:
             if died is not None and job_id not in self.cancelling:
                 events = core.plan_worker_died(self.state, job_id, reason=died)
             else:
-                kind = outcome.get("outcome", "failed") if died is None else "cancelled"
+                kind = outcome.outcome if died is None else "cancelled"
                 if job_id in self.cancelling and kind != "succeeded":
                     kind = "cancelled"
                 events = core.plan_finish(
                     self.state,
                     job_id,
                     kind,  # type: ignore[arg-type]
-                    result=outcome.get("result"),
-                    error=outcome.get("error"),
-                    details=outcome.get("details"),
+                    result=outcome.result,
+                    error=outcome.error,
+                    details=outcome.details,
                     by=self.cancelling.pop(job_id, ""),
                 )
             try:
@@ -269,16 +278,6 @@ class _SchedulerActor:
         if not self.started:
             await self.start()
 
-    async def wait_job(self, job_id: str, timeout: float) -> dict[str, Any]:
-        """Wait until the job reaches a terminal status (or timeout); returns its view."""
-        loop = asyncio.get_running_loop()
-        end = loop.time() + timeout
-        while True:
-            view = await self.get(job_id)
-            if view["status"] in core.TERMINAL or loop.time() >= end:
-                return view
-            await asyncio.sleep(0.2)
-
     async def stop(self) -> None:
         """Graceful shutdown: running jobs stay ``running`` in the log; the next start interrupts
         and requeues them (resuming from their last checkpoint)."""
@@ -292,38 +291,17 @@ class _SchedulerActor:
                 log.debug("worker %s gone: %s", jid, exc)
 
 
-class Scheduler:
-    """Public facade over the scheduler actor."""
-
-    def __init__(self, handle: Any) -> None:
-        self._h = handle
+class Scheduler(SchedulerClient):
+    """The facade the gateway starts the GPUScheduler with (its calls: :class:`SchedulerClient`)."""
 
     @classmethod
     async def start(cls, settings: Settings) -> Scheduler:
-        handle = _SchedulerActor.options(  # type: ignore[attr-defined]
+        handle = GPUScheduler.options(  # type: ignore[attr-defined]
             name=ACTOR_NAME, namespace=NAMESPACE, get_if_exists=True, max_concurrency=1000
         ).remote(settings)
         facade = cls(handle)
         await call(handle.start.remote())
         return facade
-
-    async def submit(self, kind: str, spec: dict[str, Any], user: str) -> dict[str, Any]:
-        return await call(self._h.submit.remote(kind, spec, user))  # type: ignore[no-any-return]
-
-    async def cancel(self, job_id: str, by: str) -> dict[str, Any]:
-        return await call(self._h.cancel.remote(job_id, by))  # type: ignore[no-any-return]
-
-    async def get(self, job_id: str) -> dict[str, Any]:
-        return await call(self._h.get.remote(job_id))  # type: ignore[no-any-return]
-
-    async def list_jobs(self, kind: str | None = None, status: str | None = None) -> list[dict[str, Any]]:
-        return await call(self._h.list_jobs.remote(kind, status))  # type: ignore[no-any-return]
-
-    async def view(self) -> dict[str, Any]:
-        return await call(self._h.view.remote())  # type: ignore[no-any-return]
-
-    async def wait_job(self, job_id: str, timeout: float) -> dict[str, Any]:
-        return await call(self._h.wait_job.remote(job_id, timeout))  # type: ignore[no-any-return]
 
     async def stop(self) -> None:
         await call(self._h.stop.remote())

@@ -1,4 +1,4 @@
-"""Trainer: the body of a train job, run by a JobWorker actor holding a GPU token.
+"""Trainer: the actor of a train job (one per attempt, holding a GPU token) and its body.
 
 Fine-tunes the model's torch form on a validated dataset with :func:`cvops.ml.training.train_classifier`:
 progress per epoch (and every few seconds inside one) as JobProgressed, a checkpoint per epoch in the
@@ -16,8 +16,10 @@ from typing import Any
 
 import ray
 
-from cvops.actors.jobs import JobCancelled, JobContext
-from cvops.errors import ValidationFailed
+from cvops.actors.jobs import JobActor, JobCancelled, JobContext
+from cvops.actors.registry import Registry
+from cvops.errors import CvopsError, ValidationFailed
+from cvops.jobs_api import TrainJob
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +70,8 @@ def _dataset_root(ctx: JobContext, ds: dict[str, Any]) -> Path:
 def run_train_job(ctx: JobContext) -> dict[str, Any]:
     import torch
 
-    from cvops.actors.registry import Registry, build_torch_source
     from cvops.ml.datasets import validate_dataset
+    from cvops.ml.torch_source import build_torch_source
     from cvops.ml.training import (
         TrainingCancelled,
         train_classifier,
@@ -78,11 +80,12 @@ def run_train_job(ctx: JobContext) -> dict[str, Any]:
     )
 
     t0 = time.monotonic()
-    spec = ctx.spec
-    hp = validate_hyperparameters(spec.get("hyperparameters") or {})
+    job = ctx.job
+    assert isinstance(job, TrainJob)
+    hp = validate_hyperparameters(dict(job.hyperparameters))
     registry = Registry.connect()
-    rec = ray.get(registry._h.get.remote(spec["model_id"]))
-    ds = ray.get(registry._h.get_dataset.remote(spec["dataset_id"]))
+    rec = registry.get_sync(job.model_id)
+    ds = registry.get_dataset_sync(job.dataset_id)
     if rec["task"] != ds["task"]:
         raise ValidationFailed(
             f"a {rec['task']} model cannot train on a {ds['task']} dataset", {"field": "dataset_id"}
@@ -139,7 +142,7 @@ def run_train_job(ctx: JobContext) -> dict[str, Any]:
         # wall-clock time of the first optimiser step: minus the job's submitted_ts = time to first step
         "first_step_unix": train_call_unix + result.first_step_s,
     }
-    if spec.get("register") is False:  # an evolution trial: only its fitness matters
+    if not ctx.register:  # an evolution trial: only its fitness matters
         return metrics
     weights = ctx.blobs.put_bytes(result.state_dict)
     arch = (rec.get("onnx") or {}).get("torch_arch") or rec.get("preset") or rec.get("arch")
@@ -155,13 +158,21 @@ def run_train_job(ctx: JobContext) -> dict[str, Any]:
         "labels": list(info.classes),
         "parent_model_id": rec["id"],
         "dataset_id": ds["id"],
-        "hyperparameters": {k: v for k, v in (spec.get("hyperparameters") or {}).items()},
+        "hyperparameters": dict(job.hyperparameters),
         "model_id": trained_model_id(ctx.job_id),  # stable: a retried registration hits the same stream
     }
     try:
-        new = ray.get(registry._h.register.remote(dict(fields), ctx.job_id))
-    except ray.exceptions.RayTaskError as exc:  # already registered by an earlier attempt
+        new = registry.register_sync(dict(fields), ctx.job_id)
+    except CvopsError as exc:  # already registered by an earlier attempt
         log.info("trained model registration: %s", exc)
-        new = ray.get(registry._h.get.remote(fields["model_id"]))
-    new = ray.get(registry._h.wait.remote(new["id"], CONVERSION_WAIT_S))
+        new = registry.get_sync(fields["model_id"])
+    new = registry.wait_sync(new["id"], CONVERSION_WAIT_S)
     return {"model_id": new["id"], "model_status": new["status"], "parity": new.get("parity"), **metrics}
+
+
+@ray.remote(num_cpus=0, max_concurrency=4, max_restarts=0)  # type: ignore[call-overload]
+class Trainer(JobActor):
+    """The actor of one train job attempt."""
+
+    kind = "train"
+    body = staticmethod(run_train_job)

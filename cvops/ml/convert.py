@@ -34,9 +34,8 @@ ONNX uploads have no torch source: their parity compares onnxruntime with all gr
 (``ORT_DISABLE_ALL``) against the default (``ORT_ENABLE_ALL``) on the same seeded inputs — it proves the
 model runs, and that the optimised graph (what is served) computes what the file says.
 
-Memory.  :func:`run_conversion_limited` caps the process' data segment with ``setrlimit`` before
-converting.  The limit stays for the life of the process: call it only in a child process (the lead runs
-it inside a Ray task / a spawned worker), never in the gateway or an actor.
+Memory.  The one conversion pipeline, :func:`cvops.ml.conversion.run_conversion`, caps the process' data
+segment with ``setrlimit`` before converting; the exporters themselves are in :mod:`cvops.ml.onnx_export`.
 """
 
 from __future__ import annotations
@@ -44,7 +43,6 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -55,57 +53,24 @@ import torch
 from torch import nn
 
 from cvops.errors import CvopsError, ValidationFailed
-from cvops.events.schema import ModelConverted, Parity, Preprocessing, TensorSpec
+from cvops.events.schema import Parity, Preprocessing, TensorSpec
 from cvops.ml import formats
+from cvops.ml.converted import ConversionResult
+from cvops.ml.onnx_export import (
+    LEGACY_OPSET,
+    export_onnx,
+    pin_output_dims,
+)
 from cvops.ml.presets import CLASSIFICATION, DETECTION, TASKS, build_preset, default_preprocessing
 
 log = logging.getLogger(__name__)
 
-LEGACY_OPSET = 17
-DYNAMO_OPSET = 18
 ATOL = 1e-4
 RTOL = 1e-5
 FP16_ATOL = 1e-2  # float16 ONNX uploads: optimised vs unoptimised kernels round differently
 FP16_RTOL = 1e-3
 PARITY_BATCH = 2
 PARITY_BATCHES = 2
-INPUT_NAME = "input"
-OUTPUT_NAME = "output"
-BATCH_DIM = "batch"
-
-
-class ConversionResult(msgspec.Struct, frozen=True, kw_only=True):
-    opset: int
-    inputs: list[TensorSpec]
-    outputs: list[TensorSpec]
-    parameter_count: int
-    preprocessing: Preprocessing
-    parity: Parity
-    labels: list[str] = []
-    # diagnostics (not part of the event)
-    source_format: str = ""
-    exporter: str = ""
-    task: str = ""
-    num_classes: int = 0
-    max_rel_diff: float = 0.0
-    seconds: float = 0.0
-    # the torch form cvops wrote from the verified upload (``torch_out`` of :func:`convert`), if any
-    torch_format: str = ""
-    torch_arch: str | None = None
-
-    def to_event(self, model_id: str, onnx_sha256: str, onnx_bytes: int) -> ModelConverted:
-        return ModelConverted(
-            model_id=model_id,
-            onnx_sha256=onnx_sha256,
-            onnx_bytes=onnx_bytes,
-            opset=self.opset,
-            inputs=self.inputs,
-            outputs=self.outputs,
-            parameter_count=self.parameter_count,
-            preprocessing=self.preprocessing,
-            parity=self.parity,
-            labels=self.labels,
-        )
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -270,121 +235,6 @@ def _output_classes(outputs: list[TensorSpec], task: str, observed: Sequence[int
     return int(observed[1]) - 4
 
 
-def _rename_batch_dim(path: Path) -> None:
-    """Name the dynamo exporter's symbolic batch dim (``s77``...) ``batch`` in the inputs and outputs."""
-    import onnx
-
-    model = onnx.load(str(path))
-    first = model.graph.input[0].type.tensor_type.shape.dim
-    if not first or not first[0].HasField("dim_param"):
-        return
-    sym = first[0].dim_param
-    for v in list(model.graph.input) + list(model.graph.output) + list(model.graph.value_info):
-        for d in v.type.tensor_type.shape.dim:
-            if d.HasField("dim_param") and d.dim_param == sym:
-                d.dim_param = BATCH_DIM
-    onnx.save(model, str(path))
-
-
-def _pin_output_dims(path: Path, observed: Sequence[int]) -> None:
-    """Give non-batch output dims the exporter left symbolic (``Concatoutput_dim_1``) their static value.
-
-    Only the batch axis is dynamic, so every other output dim is fixed by the (static) H and W.
-    """
-    import onnx
-
-    model = onnx.load(str(path))
-    changed = False
-    for v in model.graph.output[:1]:
-        dims = v.type.tensor_type.shape.dim
-        if len(dims) != len(observed):
-            return
-        for i, d in enumerate(dims):
-            if (
-                i > 0
-                and not d.HasField("dim_value")
-                and (not d.HasField("dim_param") or d.dim_param != BATCH_DIM)
-            ):
-                d.dim_value = int(observed[i])
-                changed = True
-    if changed:
-        onnx.save(model, str(path))
-
-
-def _export_legacy(module: nn.Module, example: torch.Tensor, out_path: Path, dynamic: bool) -> None:
-    axes = {INPUT_NAME: {0: BATCH_DIM}, OUTPUT_NAME: {0: BATCH_DIM}} if dynamic else None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
-        torch.onnx.export(
-            module,
-            (example,),
-            str(out_path),
-            dynamo=False,
-            opset_version=LEGACY_OPSET,
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            dynamic_axes=axes,
-            do_constant_folding=True,
-        )
-
-
-def _export_dynamo(program: Any, out_path: Path, example: torch.Tensor | None, dynamic: bool) -> None:
-    if isinstance(program, nn.Module) and not isinstance(program, torch.jit.ScriptModule):
-        if example is None:
-            raise ValidationFailed("the dynamo exporter needs an example input")
-        if dynamic and example.shape[0] == 1:  # torch.export specialises a batch of 1 to a constant
-            example = torch.cat([example, example])
-        shapes = ({0: torch.export.Dim(BATCH_DIM, min=1, max=formats.MAX_BATCH)},) if dynamic else None
-        program = torch.export.export(program, (example,), dynamic_shapes=shapes)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        onnx_program = torch.onnx.export(
-            program,
-            (),
-            dynamo=True,
-            opset_version=DYNAMO_OPSET,
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            verbose=False,
-            optimize=True,
-        )
-    if onnx_program is None:  # pragma: no cover - dynamo=True always returns a program
-        raise ValidationFailed("the dynamo ONNX exporter returned nothing")
-    onnx_program.save(str(out_path), external_data=False)
-    _rename_batch_dim(out_path)
-
-
-def _export(
-    source: Any, example: torch.Tensor, out_path: Path, dynamic: bool, exporter: str, exported_program: bool
-) -> str:
-    if exported_program or exporter == "dynamo":
-        try:
-            _export_dynamo(source, out_path, example, dynamic)
-        except CvopsError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - exporter failures are model problems
-            raise ValidationFailed("ONNX export failed", {"reason": str(exc)[:1000]}) from exc
-        return "dynamo"
-    try:
-        _export_legacy(source, example, out_path, dynamic)
-        return "torchscript"
-    except CvopsError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - exporter failures are model problems, reported below
-        if exporter != "auto" or isinstance(source, torch.jit.ScriptModule):
-            raise ValidationFailed("ONNX export failed", {"reason": str(exc)[:1000]}) from exc
-        log.warning("TorchScript-based ONNX export failed (%s); trying the dynamo exporter", exc)
-    try:
-        _export_dynamo(source, out_path, example, dynamic)
-    except CvopsError:
-        raise
-    except Exception as exc:  # noqa: BLE001
-        raise ValidationFailed("ONNX export failed", {"reason": str(exc)[:1000]}) from exc
-    return "dynamo"
-
-
 def _run_torch(fn: Any, x: np.ndarray) -> np.ndarray:
     with torch.inference_mode():
         y = fn(torch.from_numpy(x))
@@ -445,7 +295,7 @@ def convert_module(
     example = torch.from_numpy(xs[0][: 1 if dynamic_batch else batch].copy())
     try:
         with torch.inference_mode(False), torch.no_grad():
-            used = _export(module, example, out, dynamic_batch, exporter, is_ep)
+            used = export_onnx(module, example, out, dynamic_batch, exporter, is_ep)
         result = _finish_torch(out, task, refs, xs, labels, pre, threads)
     except BaseException:
         out.unlink(missing_ok=True)
@@ -475,7 +325,7 @@ def _finish_torch(
     pre: Preprocessing,
     threads: int,
 ) -> ConversionResult:
-    _pin_output_dims(out, refs[0].shape)
+    pin_output_dims(out, refs[0].shape)
     model = formats.check_onnx(out)
     inputs, outputs = io_specs(model)
     if len(inputs) != 1 or len(outputs) != 1:
@@ -713,49 +563,3 @@ def convert(
 
 
 # ------------------------------------------------------------------------------------ memory limited
-
-
-def run_conversion_limited(
-    memory_limit_bytes: int | None, source_path: Path | str | None, fmt: str, **kwargs: Any
-) -> ConversionResult:
-    """Cap this process' memory, set torch to ``threads`` threads, then :func:`convert` (or a preset).
-
-    ``fmt="preset"`` converts ``kwargs["preset"]`` (``source_path`` unused).  The cap is ``RLIMIT_DATA``
-    (heap and anonymous mappings; ``RLIMIT_AS`` would also count the huge virtual reservations of torch's
-    libraries) and lasts for the whole process: ONLY call this in a child process — a Ray task or a spawned
-    worker — never in the gateway or a long-lived actor.  Running out of memory raises
-    :class:`ValidationFailed` ("conversion exceeded its memory limit").
-    """
-    import resource
-
-    threads = int(kwargs.pop("threads", 1))
-    torch.set_num_threads(threads)
-    if memory_limit_bytes is not None:
-        soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
-        limit = memory_limit_bytes if hard == resource.RLIM_INFINITY else min(memory_limit_bytes, hard)
-        resource.setrlimit(resource.RLIMIT_DATA, (limit, hard))
-    try:
-        if fmt == "preset":
-            preset = kwargs.pop("preset")
-            kwargs.pop("task", None)
-            return convert_preset(preset, kwargs.pop("out_path"), threads=threads, **kwargs)
-        if source_path is None:
-            raise ValidationFailed("source_path is required")
-        return convert(source_path, fmt, threads=threads, **kwargs)
-    except MemoryError as exc:
-        raise ValidationFailed(
-            "conversion exceeded its memory limit", {"limit_bytes": memory_limit_bytes}
-        ) from exc
-    except ValidationFailed as exc:
-        if "alloc" in str(exc.details.get("reason", "")).lower():
-            raise ValidationFailed(
-                "conversion exceeded its memory limit", {"limit_bytes": memory_limit_bytes, **exc.details}
-            ) from exc
-        raise
-    except RuntimeError as exc:
-        if "alloc" in str(exc).lower() or "memory" in str(exc).lower():
-            raise ValidationFailed(
-                "conversion exceeded its memory limit",
-                {"limit_bytes": memory_limit_bytes, "reason": str(exc)[:300]},
-            ) from exc
-        raise

@@ -294,10 +294,10 @@ def test_an_idle_server_does_not_spin(live: Live) -> None:
             title = " ".join(p.cmdline())
         except psutil.Error:
             continue
-        for name in ("_SchedulerActor", "_EventLogActor", "_RegistryActor"):
+        for name in ("GPUScheduler", "EventLog", "ModelRegistry"):
             if f"ray::{name}" in title:
                 actors[name] = p
-    assert "_SchedulerActor" in actors and "_EventLogActor" in actors, list(actors)
+    assert "GPUScheduler" in actors and "EventLog" in actors, list(actors)
     before = {n: sum(p.cpu_times()[:2]) for n, p in actors.items()}
     time.sleep(6.0)
     used = {n: sum(p.cpu_times()[:2]) - before[n] for n, p in actors.items()}

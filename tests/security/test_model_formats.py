@@ -272,7 +272,7 @@ def test_ultralytics_upload_over_http(live: Live, yolo_ckpt: Path, tmp_path: Pat
 def test_conversion_memory_cap_is_sized_from_the_machine() -> None:
     import psutil
 
-    from cvops.actors.registry import conversion_memory_bytes
+    from cvops.actors.conversion import conversion_memory_bytes
     from cvops.config import load_settings
 
     total = psutil.virtual_memory().total

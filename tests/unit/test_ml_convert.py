@@ -14,6 +14,7 @@ import torch
 
 from cvops.errors import ValidationFailed
 from cvops.events.schema import ModelConverted, decode_event, encode_event, type_of
+from cvops.ml.conversion import run_conversion
 from cvops.ml.convert import (
     ATOL,
     ConversionResult,
@@ -21,8 +22,8 @@ from cvops.ml.convert import (
     convert_module,
     convert_preset,
     ort_session,
-    run_conversion_limited,
 )
+from cvops.ml.converted import ConversionRequest
 from cvops.ml.presets import SPECS, build_preset
 
 torch.set_num_threads(1)
@@ -234,28 +235,33 @@ def test_dynamo_exporter_on_a_module(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------------- memory limit
 
 
-def _child_convert(extra_bytes: int | None, out: str, image_size: int) -> Any:
+def _child_convert(extra_bytes: int | None, root: str, image_size: int) -> Any:
     """Runs in a spawned child: limit = current data segment + extra_bytes."""
+    from cvops.blobs import BlobStore
+
     limit = None
     if extra_bytes is not None:
         with open("/proc/self/status") as f:
             vmdata = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmData:"))
         limit = vmdata + extra_bytes
     try:
-        res = run_conversion_limited(
-            limit, None, "preset", preset="tiny_cnn", out_path=out, image_size=image_size
+        req = ConversionRequest(
+            source_format="preset", task="classification", preset="tiny_cnn", image_size=image_size
         )
+        res = run_conversion(req, BlobStore(root), memory_limit_bytes=limit, threads=1)
     except ValidationFailed as exc:
         return ("error", exc.message)
-    return ("ok", res.parity.passed)
+    return ("ok", res.result.parity.passed and BlobStore(root).exists(res.onnx_sha256))
 
 
-def test_run_conversion_limited_in_a_child(tmp_path: Path) -> None:
+def test_run_conversion_in_a_memory_capped_child(tmp_path: Path) -> None:
     ctx = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
-        ok = pool.submit(_child_convert, 2 * 1024**3, str(tmp_path / "ok.onnx"), 32).result(timeout=300)
+        ok = pool.submit(_child_convert, 2 * 1024**3, str(tmp_path / "ok"), 32).result(timeout=300)
         assert ok == ("ok", True)
         # 2 x 2 x 3 x 4096² float32 parity inputs alone need ~800 MB: far beyond +64 MB
-        oom = pool.submit(_child_convert, 64 * 1024**2, str(tmp_path / "oom.onnx"), 4096).result(timeout=300)
+        oom = pool.submit(_child_convert, 64 * 1024**2, str(tmp_path / "oom"), 4096).result(timeout=300)
     assert oom[0] == "error" and "memory limit" in oom[1]
-    assert not (tmp_path / "oom.onnx").exists()
+    root = tmp_path / "oom"
+    leftovers = [p.relative_to(root) for p in root.rglob("*") if p.is_file()]
+    assert not [p for p in leftovers if p.parts[0] == "tmp"], leftovers  # the work dir went with the error

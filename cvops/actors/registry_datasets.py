@@ -1,0 +1,128 @@
+"""The ModelRegistry's dataset half: register a dataset upload, extract and validate it in a Ray task
+(:func:`cvops.actors.conversion.dataset_task`), record DatasetValidated / DatasetRejected, read back.
+
+A base class of :class:`cvops.actors.registry.ModelRegistry` (one actor holds models and datasets: a
+model's blobs and a dataset's may be the same bytes); the actor provides the log and the blob release."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from typing import Any
+
+import msgspec
+
+from cvops.actors.common import unwrap
+from cvops.actors.conversion import dataset_task
+from cvops.actors.eventlog import EventStore
+from cvops.config import Settings
+from cvops.errors import CvopsError, NotFound, ValidationFailed
+from cvops.events import projections as proj
+from cvops.events.schema import DatasetRejected, DatasetUploaded, DatasetValidated, Event
+
+log = logging.getLogger(__name__)
+
+TASKS = ("classification", "detection")
+FORMATS = ("imagefolder", "yolo")
+
+
+def dataset_stream(dataset_id: str) -> str:
+    return f"dataset-{dataset_id}"
+
+
+class DatasetRecords:
+    """Dataset commands and queries of the registry actor."""
+
+    settings: Settings
+    store: EventStore
+    datasets: proj.DatasetsState
+    running: dict[str, asyncio.Task[None]]
+
+    async def _sync(self) -> None:
+        raise NotImplementedError
+
+    async def _append(self, stream: str, events: list[Event], expected: int | None, user: str = "") -> None:
+        raise NotImplementedError
+
+    async def _ensure_started(self) -> None:
+        raise NotImplementedError
+
+    def _release(self, sha: str, skip_model: str = "", skip_dataset: str = "") -> bool:
+        raise NotImplementedError
+
+    def _dataset(self, dataset_id: str) -> proj.DatasetRecord:
+        d = self.datasets.datasets.get(dataset_id)
+        if d is None:
+            raise NotFound(f"no dataset {dataset_id!r}", {"dataset_id": dataset_id})
+        return d
+
+    async def register_dataset(self, fields: dict[str, Any], user: str) -> dict[str, Any]:
+        await self._ensure_started()
+        dataset_id = uuid.uuid4().hex[:16]
+        if fields.get("task") not in TASKS:
+            raise ValidationFailed(f"task must be one of {', '.join(TASKS)}", {"field": "task"})
+        if fields.get("format") not in FORMATS:
+            raise ValidationFailed("format must be imagefolder or yolo", {"field": "format"})
+        event = msgspec.convert({"dataset_id": dataset_id, **fields}, DatasetUploaded)
+        await self._append(dataset_stream(dataset_id), [event], 0, user)
+        self._spawn_dataset(dataset_id)
+        return msgspec.to_builtins(self._dataset(dataset_id))  # type: ignore[no-any-return]
+
+    def _spawn_dataset(self, dataset_id: str) -> None:
+        key = f"dataset:{dataset_id}"
+        if key not in self.running:
+            self.running[key] = asyncio.create_task(self._validate(dataset_id, key))
+
+    async def _validate(self, dataset_id: str, key: str) -> None:
+        try:
+            d = self._dataset(dataset_id)
+            rec = msgspec.to_builtins(d)
+            version = await self.store.stream_version(dataset_stream(dataset_id))
+            try:
+                fields = await dataset_task.remote(self.settings, rec)
+            except Exception as exc:  # noqa: BLE001 - every failure becomes a rejection with its reason
+                inner = unwrap(exc)
+                reason = (
+                    inner.message
+                    if isinstance(inner, CvopsError)
+                    else f"{type(inner).__name__}: {str(inner)[:500]}"
+                )
+                details = inner.details if isinstance(inner, CvopsError) else {}
+                self._release(d.sha256, skip_dataset=dataset_id)  # before the rejection is visible
+                await self._append(
+                    dataset_stream(dataset_id),
+                    [DatasetRejected(dataset_id=dataset_id, reason=reason, details=details)],
+                    version,
+                )
+                return
+            allowed = set(DatasetValidated.__struct_fields__)
+            event = msgspec.convert(
+                {"dataset_id": dataset_id, **{k: v for k, v in fields.items() if k in allowed}},
+                DatasetValidated,
+            )
+            await self._append(dataset_stream(dataset_id), [event], version)
+        except CvopsError as exc:
+            log.warning("validation of %s could not be recorded: %s", dataset_id, exc)
+        finally:
+            self.running.pop(key, None)
+
+    async def get_dataset(self, dataset_id: str) -> dict[str, Any]:
+        await self._sync()
+        return msgspec.to_builtins(self._dataset(dataset_id))  # type: ignore[no-any-return]
+
+    async def list_datasets(self) -> list[dict[str, Any]]:
+        await self._sync()
+        return [
+            msgspec.to_builtins(d)
+            for d in sorted(self.datasets.datasets.values(), key=lambda d: d.created_ts)
+        ]
+
+    async def wait_dataset(self, dataset_id: str, timeout: float) -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        while True:
+            d = self._dataset(dataset_id)
+            if d.status in ("ready", "failed") or loop.time() >= end:
+                return msgspec.to_builtins(d)  # type: ignore[no-any-return]
+            await asyncio.sleep(0.1)
