@@ -32,6 +32,7 @@ from cvops.events.schema import (
     type_of,
 )
 from cvops.gc import KeptCheckpoint, checkpoints_to_discard, parse_keep
+from cvops.events.store import Appended, appended_envelopes
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +49,13 @@ class SyncStore:
     def __init__(self) -> None:
         self._h = ray.get_actor(ACTOR_NAME, namespace="cvops")
 
-    def append(self, stream: str, events: Sequence[Event], expected_version: int | None = None) -> list[int]:
+    def append(
+        self, stream: str, events: Sequence[Event], expected_version: int | None = None
+    ) -> list[Envelope]:
         items = [(type_of(e), encode_event(e)) for e in events]
         try:
-            seqs: list[int] = ray.get(self._h.append.remote(stream, items, expected_version, "", "", ""))
-            return seqs
+            head: Appended = ray.get(self._h.append.remote(stream, items, expected_version, "", "", ""))
+            return appended_envelopes(stream, items, head)
         except ray.exceptions.RayTaskError as exc:
             inner = unwrap(exc)
             if isinstance(inner, CvopsError):
