@@ -31,8 +31,8 @@ from cvops.events.schema import (
     encode_event,
     type_of,
 )
-from cvops.gc import KeptCheckpoint, checkpoints_to_discard, parse_keep
 from cvops.events.store import Appended, appended_envelopes
+from cvops.gc import KeptCheckpoint, checkpoints_to_discard, parse_keep
 
 log = logging.getLogger(__name__)
 

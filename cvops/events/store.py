@@ -66,6 +66,19 @@ class SyncStore(Protocol):
     def wait_for(self, after: int, timeout: float) -> int: ...
 
 
+def matches(
+    env: Envelope, stream: str | None = None, prefix: str | None = None, types: Sequence[str] | None = None
+) -> bool:
+    """Whether ``env`` passes the stream / prefix / types filters of a read (as ``log.build_query``):
+    ``stream`` exact, ``prefix`` a literal stream-name prefix ('' or None: any), ``types`` any of
+    (None: any; empty: none)."""
+    if stream is not None and env.stream != stream:
+        return False
+    if prefix and not env.stream.startswith(prefix):
+        return False
+    return types is None or env.type in types
+
+
 # what a remote writer sends back for an append: (first seq, first version, commit ts); the caller
 # rebuilds the envelopes from the items it sent (see :func:`appended_envelopes`), no payload travels back
 Appended = tuple[int, int, float]
