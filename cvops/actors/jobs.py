@@ -31,7 +31,7 @@ from cvops.events.schema import (
     encode_event,
     type_of,
 )
-from cvops.events.store import Appended, appended_envelopes
+from cvops.events.store import appended_envelopes
 from cvops.gc import KeptCheckpoint, checkpoints_to_discard, parse_keep
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ class SyncStore:
     ) -> list[Envelope]:
         items = [(type_of(e), encode_event(e)) for e in events]
         try:
-            head: Appended = ray.get(self._h.append.remote(stream, items, expected_version, "", "", ""))
+            head: Any = ray.get(self._h.append.remote(stream, items, expected_version, "", "", ""))
             return appended_envelopes(stream, items, head)
         except ray.exceptions.RayTaskError as exc:
             inner = unwrap(exc)

@@ -567,16 +567,19 @@ class EventLog:
         stream: str | None = None,
         prefix: str | None = None,
         types: Sequence[str] | None = None,
+        until_seq: int | None = None,
+        *,
         since_ts: float | None = None,
         until_ts: float | None = None,
-        until_seq: int | None = None,
     ) -> list[Envelope]:
         """Committed envelopes with ``seq > after`` matching the filters, oldest first, at most ``limit``."""
         if self._closed:
             raise Unavailable("event log is closed", {"path": str(self.path)})
         if limit < 0:
             raise ValidationFailed(f"limit must be >= 0, got {limit}")
-        sql, params = build_query(after, limit, stream, prefix, types, since_ts, until_ts, until_seq)
+        sql, params = build_query(
+            after, limit, stream, prefix, types, since_ts=since_ts, until_ts=until_ts, until_seq=until_seq
+        )
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._rexec, self._read_sync, sql, params)
 

@@ -51,9 +51,10 @@ class LogCore:
         stream: str | None = None,
         prefix: str | None = None,
         types: Sequence[str] | None = None,
+        until_seq: int | None = None,
+        *,
         since_ts: float | None = None,
         until_ts: float | None = None,
-        until_seq: int | None = None,
     ) -> list[Envelope]:
         """Envelopes with ``seq > after`` matching the filters (those of ``log.build_query``), oldest
         first, at most ``limit`` (None: all)."""
@@ -157,11 +158,14 @@ class InMemoryLog:
         stream: str | None = None,
         prefix: str | None = None,
         types: Sequence[str] | None = None,
+        until_seq: int | None = None,
+        *,
         since_ts: float | None = None,
         until_ts: float | None = None,
-        until_seq: int | None = None,
     ) -> list[Envelope]:
-        return self.core.read(after, limit, stream, prefix, types, since_ts, until_ts, until_seq)
+        return self.core.read(
+            after, limit, stream, prefix, types, until_seq, since_ts=since_ts, until_ts=until_ts
+        )
 
     async def stream_version(self, stream: str) -> int:
         return self.core.version(stream)

@@ -66,16 +66,19 @@ class SqliteReader:
         stream: str | None = None,
         prefix: str | None = None,
         types: Sequence[str] | None = None,
+        until_seq: int | None = None,
+        *,
         since_ts: float | None = None,
         until_ts: float | None = None,
-        until_seq: int | None = None,
     ) -> list[Envelope]:
         """Committed envelopes with ``seq > after`` matching the filters, oldest first, at most ``limit``."""
         if self._closed:
             raise Unavailable("event log reader is closed", {"path": str(self.path)})
         if limit < 0:
             raise ValidationFailed(f"limit must be >= 0, got {limit}")
-        sql, params = build_query(after, limit, stream, prefix, types, since_ts, until_ts, until_seq)
+        sql, params = build_query(
+            after, limit, stream, prefix, types, since_ts=since_ts, until_ts=until_ts, until_seq=until_seq
+        )
         async with self._conn.execute(sql, params) as cur:
             rows = await cur.fetchall()
         return rows_to_envelopes(list(rows))

@@ -10,8 +10,8 @@ import pytest
 
 from cvops.errors import CvopsError, Unavailable
 from cvops.events.log import EventLog
-from cvops.events.sqlite_reader import ReadThroughStore, SqliteReader
 from cvops.events.schema import JobProgressed
+from cvops.events.sqlite_reader import ReadThroughStore, SqliteReader
 from tests.contracts import EventStoreContract, collect, ev, seqs
 
 
