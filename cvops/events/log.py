@@ -258,7 +258,7 @@ class _Writer:
         conn = self.conn
         results: list[_Result] = []
         params: list[Any] = []  # the rows, flat: 9 values each
-        spans: list[tuple[int, int]] = []  # per written append: (index in results, first row)
+        spans: list[tuple[int, int, int]] = []  # per written append: (index in results, first row, end)
         touched: dict[str, int] = {}
         seq = self.seq
         conn.execute("BEGIN IMMEDIATE")
@@ -309,8 +309,8 @@ class _Writer:
                         results.append(ValidationFailed(f"event does not encode: {exc}", {"stream": stream}))
                         continue
                 touched[stream] = cur
-                spans.append((len(results), row0))
-                results.append([])
+                spans.append((len(results), row0, len(params) // _NCOL))
+                results.append([])  # its envelopes, once committed
             if params:
                 insert_flat(conn, params)
             conn.execute("COMMIT")
@@ -335,8 +335,7 @@ class _Writer:
             )
             for k in range(0, len(params), _NCOL)
         ]
-        ends = [row0 for _, row0 in spans[1:]] + [len(envs)]
-        for (i, row0), end in zip(spans, ends[: len(spans)], strict=True):
+        for i, row0, end in spans:
             results[i] = envs[row0:end]
         return results, seq
 

@@ -44,13 +44,12 @@ class SqliteReader:
             raise Unavailable(f"no event log at {p}", {"path": str(p)})
         conn = await aiosqlite.connect(f"file:{p.resolve()}?mode=ro", uri=True, isolation_level=None)
         try:
-            await conn.execute("PRAGMA busy_timeout = 5000")
-            await conn.execute("PRAGMA query_only = 1")
-            async with conn.execute("PRAGMA journal_mode") as cur:
-                row = await cur.fetchone()
-            if row is None or str(row[0]).lower() != "wal":
+            await conn.execute_fetchall("PRAGMA busy_timeout = 5000")
+            await conn.execute_fetchall("PRAGMA query_only = 1")
+            mode = list(await conn.execute_fetchall("PRAGMA journal_mode"))
+            if not mode or str(mode[0][0]).lower() != "wal":
                 raise Unavailable(f"event log {p} is not in WAL mode", {"path": str(p)})
-            await conn.execute("SELECT 1 FROM events LIMIT 1")
+            await conn.execute_fetchall("SELECT 1 FROM events LIMIT 1")
         except sqlite3.DatabaseError as exc:
             await conn.close()
             raise Unavailable(f"cannot read event log {p}: {exc}", {"path": str(p)}) from exc
@@ -79,8 +78,9 @@ class SqliteReader:
         sql, params = build_query(
             after, limit, stream, prefix, types, since_ts=since_ts, until_ts=until_ts, until_seq=until_seq
         )
-        async with self._conn.execute(sql, params) as cur:
-            rows = await cur.fetchall()
+        # execute and fetch in one job on the connection's thread: a statement left active between two
+        # jobs would hold its read transaction open, and later reads would see that old snapshot
+        rows = await self._conn.execute_fetchall(sql, params)
         return rows_to_envelopes(list(rows))
 
     async def close(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -42,6 +43,22 @@ async def test_reads_come_from_the_file_not_the_writer(tmp_path: Path) -> None:
             assert seqs(got) == [2, 3]
         finally:
             await reader.close()
+
+
+async def test_a_read_after_an_append_sees_it_under_concurrent_reads(tmp_path: Path) -> None:
+    # one connection serves every reader: no read may be left inside an older read's snapshot
+    async with await EventLog.open(tmp_path / "e.db") as log:
+        st = ReadThroughStore(await SqliteReader.open(log.path), log)
+        try:
+
+            async def producer(p: int) -> None:
+                for k in range(5):
+                    await st.append(f"p-{p}", [ev(k)])
+                    assert len(await st.read(stream=f"p-{p}")) == k + 1
+
+            await asyncio.gather(*(producer(p) for p in range(50)))
+        finally:
+            await st.reader.close()
 
 
 async def test_reader_is_read_only(tmp_path: Path) -> None:
