@@ -3,7 +3,8 @@
 A backend test class subclasses :class:`EventStoreContract` and provides the async fixture ``store``: an
 object with the async methods
 
-* ``append(stream, events, expected_version=None, *, user=, correlation_id=, causation_id=) -> list[int]``
+* ``append(stream, events, expected_version=None, *, user=, correlation_id=, causation_id=) -> list[Envelope]``
+  (the envelopes written, equal to what a read returns for them)
 * ``read(after=0, limit=1000, stream=None, prefix=None, types=None, ..., until_seq=None) -> list[Envelope]``
 * ``subscribe(after=0, *, stream=None, prefix=None, types=None) -> AsyncIterator[Envelope]``
 * ``stream_version(stream) -> int``
@@ -40,6 +41,10 @@ async def read_all(store: Any, **filters: Any) -> list[Envelope]:
         after = batch[-1].seq
 
 
+def seqs(envs: list[Envelope]) -> list[int]:
+    return [e.seq for e in envs]
+
+
 async def collect(it: AsyncIterator[Envelope], n: int, timeout: float = 10.0) -> list[Envelope]:
     out: list[Envelope] = []
 
@@ -69,13 +74,14 @@ class EventStoreContract:
     # ------------------------------------------------------------------------------------ basics
 
     async def test_append_and_read_back(self, store: Any) -> None:
-        seqs = await store.append(
+        wrote = await store.append(
             "job-1", [ev(1), ev(2)], user="alice", correlation_id="c1", causation_id="x"
         )
-        assert seqs == [1, 2]
-        seqs = await store.append("job-2", [ev(3)])
-        assert seqs == [3]
+        assert seqs(wrote) == [1, 2]
+        wrote += await store.append("job-2", [ev(3)])
+        assert seqs(wrote[2:]) == [3]
         envs = await store.read()
+        assert wrote == envs  # append hands back exactly what it wrote
         assert [e.seq for e in envs] == [1, 2, 3]
         assert [(e.stream, e.version) for e in envs] == [("job-1", 1), ("job-1", 2), ("job-2", 1)]
         assert envs[0].type == "JobQueued"
@@ -89,7 +95,7 @@ class EventStoreContract:
         assert [e.seq for e in await store.read(after=1, limit=1)] == [2]
 
     async def test_expected_version_conflict_writes_nothing(self, store: Any) -> None:
-        assert await store.append("model-a", [ev(1)], expected_version=0) == [1]
+        assert seqs(await store.append("model-a", [ev(1)], expected_version=0)) == [1]
         with pytest.raises(ConcurrencyError) as info:
             await store.append("model-a", [ev(2)], expected_version=0)  # stream is not new
         assert info.value.details == {"stream": "model-a", "expected": 0, "actual": 1}
@@ -101,8 +107,8 @@ class EventStoreContract:
         assert await store.stream_version("model-a") == 1
         assert await store.stream_version("model-new") == 0
         # the right version works, and seq continues without a gap after the failures
-        assert await store.append("model-a", [ev(2)], expected_version=1) == [2]
-        assert await store.append("model-a", [ev(3)]) == [3]  # None: no check
+        assert seqs(await store.append("model-a", [ev(2)], expected_version=1)) == [2]
+        assert seqs(await store.append("model-a", [ev(3)])) == [3]  # None: no check
 
     async def test_multi_event_batch_is_atomic(self, store: Any) -> None:
         await store.append("s", [ev(0)])
@@ -110,9 +116,12 @@ class EventStoreContract:
         with pytest.raises(ConcurrencyError):
             await store.append("s", batch, expected_version=0)
         assert len(await read_all(store)) == 1
-        seqs = await store.append("s", batch, expected_version=1)
-        assert seqs == list(range(2, 52))
+        wrote = await store.append("s", batch, expected_version=1)
+        assert seqs(wrote) == list(range(2, 52))
+        assert [e.version for e in wrote] == list(range(2, 52))
+        assert len({e.ts for e in wrote}) == 1  # one commit
         envs = await read_all(store, stream="s")
+        assert envs[1:] == wrote
         assert [e.version for e in envs] == list(range(1, 52))
         assert [e.event() for e in envs[1:]] == batch
 
@@ -138,7 +147,7 @@ class EventStoreContract:
         assert results[loser].details["actual"] == 2  # type: ignore[union-attr]
         ok = [r for r in results if not isinstance(r, BaseException)]
         assert len(ok) == 11
-        all_seqs = sorted(s for r in ok for s in r)
+        all_seqs = sorted(e.seq for r in ok for e in r)  # type: ignore[union-attr]
         assert all_seqs == list(range(2, 2 + 21))  # gapless: nothing written for the failures
         shared = await read_all(store, stream="shared")
         assert [e.event() for e in shared] == [ev(0), ev(2) if winner == 6 else ev(3)]
@@ -148,15 +157,19 @@ class EventStoreContract:
     async def test_gapless_under_concurrency(self, store: Any) -> None:
         async def producer(p: int) -> list[int]:
             got: list[int] = []
+            wrote: list[Envelope] = []
             for k in range(5):
-                got += await store.append(f"p-{p}", [ev(k)], expected_version=k)
+                envs = await store.append(f"p-{p}", [ev(k)], expected_version=k)
+                assert [(e.stream, e.version) for e in envs] == [(f"p-{p}", k + 1)]
+                got += seqs(envs)
+                wrote += envs
                 if random.random() < 0.3:
                     await asyncio.sleep(0)
+            assert wrote == await read_all(store, stream=f"p-{p}")
             return got
 
         results = await asyncio.gather(*(producer(p) for p in range(100)))
-        seqs = sorted(s for r in results for s in r)
-        assert seqs == list(range(1, 501))
+        assert sorted(s for r in results for s in r) == list(range(1, 501))
         envs = await read_all(store)
         assert [e.seq for e in envs] == list(range(1, 501))
         for p in (0, 57, 99):
@@ -250,7 +263,7 @@ class EventStoreContract:
         after = await read_all(store2)
         assert after == before
         assert await store2.stream_version("r-1") == len([e for e in before if e.stream == "r-1"])
-        assert await store2.append("r-1", [ev(99)], expected_version=8) == [31]
+        assert seqs(await store2.append("r-1", [ev(99)], expected_version=8)) == [31]
         with pytest.raises(ConcurrencyError):
             await store2.append("r-2", [ev(99)], expected_version=0)
 
@@ -260,4 +273,4 @@ class EventStoreContract:
             await self.open_second_writer(store)
         assert info.value.status == 503
         # the first writer still works
-        assert await store.append("s", [ev(2)], expected_version=1) == [2]
+        assert seqs(await store.append("s", [ev(2)], expected_version=1)) == [2]

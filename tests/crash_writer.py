@@ -32,10 +32,10 @@ async def main(path: str) -> None:
                 )
                 for i in range(n)
             ]
-            seqs = await log.append(stream, events, expected_version=version)
+            wrote = await log.append(stream, events, expected_version=version)
             version += n
             step += n
-            out.write("".join(f"{s}\n" for s in seqs))
+            out.write("".join(f"{e.seq}\n" for e in wrote))
             out.flush()
 
     await asyncio.gather(*(producer(p) for p in range(16)))

@@ -15,7 +15,7 @@ import ray
 from cvops.actors.common import NAMESPACE, call
 from cvops.events import log as sqlite_log
 from cvops.events.schema import Envelope, Event, decode_envelopes, encode_envelopes, encode_event, type_of
-from cvops.events.store import subscribe
+from cvops.events.store import Appended, appended_envelopes, appended_head, subscribe
 
 ACTOR_NAME = "cvops-eventlog"
 
@@ -49,9 +49,10 @@ class EventLog:
         user: str,
         correlation_id: str,
         causation_id: str,
-    ) -> list[int]:
+    ) -> Appended:
+        """Only (first seq, first version, ts) travel back: the caller has the rest (appended_envelopes)."""
         log = await self._get()
-        return await log.append_encoded(
+        envs = await log.append_encoded(
             stream,
             items,
             expected_version,
@@ -59,6 +60,7 @@ class EventLog:
             correlation_id=correlation_id,
             causation_id=causation_id,
         )
+        return appended_head(envs)
 
     async def read(
         self,
@@ -127,10 +129,13 @@ class EventStore:
         user: str = "",
         correlation_id: str = "",
         causation_id: str = "",
-    ) -> list[int]:
+    ) -> list[Envelope]:
         items = [(type_of(e), encode_event(e)) for e in events]
-        return await call(  # type: ignore[no-any-return]
+        head: Appended = await call(
             self._h.append.remote(stream, items, expected_version, user, correlation_id, causation_id)
+        )
+        return appended_envelopes(
+            stream, items, head, user=user, correlation_id=correlation_id, causation_id=causation_id
         )
 
     async def read(

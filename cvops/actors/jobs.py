@@ -34,6 +34,7 @@ from cvops.events.schema import (
     encode_event,
     type_of,
 )
+from cvops.events.store import appended_envelopes
 from cvops.gc import KeptCheckpoint, checkpoints_to_discard, parse_keep
 from cvops.jobs_api import BenchmarkJob, EvolveJob, JobRequest, TrainJob
 
@@ -52,10 +53,12 @@ class SyncStore:
     def __init__(self) -> None:
         self._h = ray.get_actor(ACTOR_NAME, namespace="cvops")
 
-    def append(self, stream: str, events: Sequence[Event], expected_version: int | None = None) -> list[int]:
+    def append(
+        self, stream: str, events: Sequence[Event], expected_version: int | None = None
+    ) -> list[Envelope]:
         items = [(type_of(e), encode_event(e)) for e in events]
-        seqs: list[int] = call_sync(self._h.append.remote(stream, items, expected_version, "", "", ""))
-        return seqs
+        head: Any = call_sync(self._h.append.remote(stream, items, expected_version, "", "", ""))
+        return appended_envelopes(stream, items, head)
 
     def read_stream(self, stream: str) -> list[Envelope]:
         out: list[Envelope] = []

@@ -207,7 +207,7 @@ class _Pending:
         user: str,
         correlation_id: str,
         causation_id: str,
-        future: asyncio.Future[list[int]],
+        future: asyncio.Future[list[Envelope]],
     ) -> None:
         self.stream = stream
         self.items = items
@@ -219,8 +219,8 @@ class _Pending:
         self.future = future
 
 
-# result of one append inside a group: (first seq, count) or the error that fails it alone
-_Result = tuple[int, int] | BaseException
+# result of one append inside a group: the envelopes it wrote, or the error that fails it alone
+_Result = list[Envelope] | BaseException
 
 
 class _Writer:
@@ -258,6 +258,7 @@ class _Writer:
         conn = self.conn
         results: list[_Result] = []
         params: list[Any] = []  # the rows, flat: 9 values each
+        spans: list[tuple[int, int, int]] = []  # per written append: (index in results, first row, end)
         touched: dict[str, int] = {}
         seq = self.seq
         conn.execute("BEGIN IMMEDIATE")
@@ -276,6 +277,7 @@ class _Writer:
                     )
                     continue
                 first = seq + 1
+                row0 = len(params) // _NCOL
                 user, corr, caus = p.user, p.correlation_id, p.causation_id
                 if p.encoded:
                     for type_, data in p.items:
@@ -307,7 +309,8 @@ class _Writer:
                         results.append(ValidationFailed(f"event does not encode: {exc}", {"stream": stream}))
                         continue
                 touched[stream] = cur
-                results.append((first, len(p.items)))
+                spans.append((len(results), row0, len(params) // _NCOL))
+                results.append([])  # its envelopes, once committed
             if params:
                 insert_flat(conn, params)
             conn.execute("COMMIT")
@@ -317,6 +320,23 @@ class _Writer:
             raise
         self.seq = seq
         self.versions.update(touched)
+        # the writer knows every field of what it wrote: hand the envelopes back, no read needed
+        envs = [
+            Envelope(
+                seq=params[k],
+                stream=params[k + 1],
+                version=params[k + 2],
+                type=params[k + 3],
+                ts=ts,
+                data=params[k + 5],
+                user=params[k + 6],
+                correlation_id=params[k + 7],
+                causation_id=params[k + 8],
+            )
+            for k in range(0, len(params), _NCOL)
+        ]
+        for i, row0, end in spans:
+            results[i] = envs[row0:end]
         return results, seq
 
     def close(self) -> None:
@@ -424,8 +444,10 @@ class EventLog:
         user: str = "",
         correlation_id: str = "",
         causation_id: str = "",
-    ) -> list[int]:
-        """Append ``events`` to ``stream`` atomically; returns their seqs once durably committed.
+    ) -> list[Envelope]:
+        """Append ``events`` to ``stream`` atomically; returns the envelopes written (seq, version, ts and
+        the encoded payload), once durably committed — a writer folds its own events without reading
+        them back.
 
         ``expected_version``: None = no check, 0 = the stream must be new, N = the stream must be at N;
         a mismatch raises ConcurrencyError and writes nothing.
@@ -441,7 +463,7 @@ class EventLog:
         user: str = "",
         correlation_id: str = "",
         causation_id: str = "",
-    ) -> list[int]:
+    ) -> list[Envelope]:
         """Like :meth:`append` for ``(type, msgpack data)`` pairs that are already encoded."""
         return await self._submit(stream, items, True, expected_version, user, correlation_id, causation_id)
 
@@ -454,14 +476,14 @@ class EventLog:
         user: str,
         correlation_id: str,
         causation_id: str,
-    ) -> asyncio.Future[list[int]]:
+    ) -> asyncio.Future[list[Envelope]]:
         if self._closed:
             raise Unavailable("event log is closed", {"path": str(self.path)})
         if not stream:
             raise ValidationFailed("an event stream name must not be empty")
         if expected is not None and expected < 0:
             raise ValidationFailed(f"expected_version must be >= 0, got {expected}", {"stream": stream})
-        fut: asyncio.Future[list[int]] = self._loop.create_future()
+        fut: asyncio.Future[list[Envelope]] = self._loop.create_future()
         self._pending.append(
             _Pending(stream, items, encoded, expected, user, correlation_id, causation_id, fut)
         )
@@ -515,8 +537,7 @@ class EventLog:
                 if isinstance(r, BaseException):
                     p.future.set_exception(r)
                 else:
-                    first, n = r
-                    p.future.set_result([first] if n == 1 else list(range(first, first + n)))
+                    p.future.set_result(r)
             changed, self._changed = self._changed, asyncio.Event()
             changed.set()
         # appends that arrived during the commit form the next group, right away
@@ -545,16 +566,19 @@ class EventLog:
         stream: str | None = None,
         prefix: str | None = None,
         types: Sequence[str] | None = None,
+        until_seq: int | None = None,
+        *,
         since_ts: float | None = None,
         until_ts: float | None = None,
-        until_seq: int | None = None,
     ) -> list[Envelope]:
         """Committed envelopes with ``seq > after`` matching the filters, oldest first, at most ``limit``."""
         if self._closed:
             raise Unavailable("event log is closed", {"path": str(self.path)})
         if limit < 0:
             raise ValidationFailed(f"limit must be >= 0, got {limit}")
-        sql, params = build_query(after, limit, stream, prefix, types, since_ts, until_ts, until_seq)
+        sql, params = build_query(
+            after, limit, stream, prefix, types, since_ts=since_ts, until_ts=until_ts, until_seq=until_seq
+        )
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._rexec, self._read_sync, sql, params)
 

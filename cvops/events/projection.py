@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
 from cvops.events.schema import Envelope
-from cvops.events.store import Store, SyncStore
+from cvops.events.store import Store, SyncStore, matches
 
 S = TypeVar("S")
 
@@ -52,11 +52,7 @@ class _Cursor(Generic[S]):
         self.page = page
 
     def _matches(self, env: Envelope) -> bool:
-        if self.stream is not None and env.stream != self.stream:
-            return False
-        if self.prefix and not env.stream.startswith(self.prefix):
-            return False
-        return self.types is None or env.type in self.types
+        return matches(env, self.stream, self.prefix, self.types)
 
     def _take(self, envs: list[Envelope], head: int) -> bool:
         """Fold one page read up to ``head``; True when the page reached the head."""

@@ -8,14 +8,13 @@ envelopes always rebuilds the same state, and :func:`state_hash` of it is the sa
 from __future__ import annotations
 
 import hashlib
-import importlib
-import importlib.util
 from collections.abc import Callable, Iterable
 from typing import Any, Literal, TypeVar
 
 import msgspec
 
 from cvops.events import schema as s
+from cvops.events.scheduling import SchedulerState, apply_scheduler
 
 S = TypeVar("S")
 
@@ -376,22 +375,12 @@ class SystemState(msgspec.Struct, kw_only=True):
     datasets: DatasetsState = msgspec.field(default_factory=DatasetsState)
     deployments: DeploymentsState = msgspec.field(default_factory=DeploymentsState)
     packages: PackagesState = msgspec.field(default_factory=PackagesState)
-    jobs: Any = None  # cvops.events.scheduling.SchedulerState when that module exists
+    jobs: SchedulerState = msgspec.field(default_factory=SchedulerState)
     last_seq: int = 0
     events: int = 0
 
 
-def scheduler_fold() -> tuple[Callable[..., Any], Callable[[Any, s.Envelope], Any]] | None:
-    """``(SchedulerState, apply_scheduler)`` from :mod:`cvops.events.scheduling`, if that module exists."""
-    if importlib.util.find_spec("cvops.events.scheduling") is None:
-        return None
-    mod = importlib.import_module("cvops.events.scheduling")
-    return mod.SchedulerState, mod.apply_scheduler
-
-
-def apply_system(
-    state: SystemState, env: s.Envelope, jobs_apply: Callable[[Any, s.Envelope], Any] | None
-) -> SystemState:
+def apply_system(state: SystemState, env: s.Envelope) -> SystemState:
     t = env.type
     if t in USER_TYPES:
         apply_users(state.users, env)
@@ -403,8 +392,8 @@ def apply_system(
         apply_deployments(state.deployments, env)
     elif t in PACKAGE_TYPES:
         apply_packages(state.packages, env)
-    if jobs_apply is not None:  # the scheduler fold sees every event and ignores what it does not know
-        state.jobs = jobs_apply(state.jobs, env)
+    # the scheduler fold sees every event and ignores what it does not know
+    state.jobs = apply_scheduler(state.jobs, env)
     state.last_seq = env.seq
     state.events += 1
     return state
@@ -412,14 +401,9 @@ def apply_system(
 
 def rebuild(envelopes: Iterable[s.Envelope], tokens: int | None = None) -> SystemState:
     """Fold every envelope into a fresh :class:`SystemState` (``tokens``: GPU tokens of the scheduler)."""
-    sched = scheduler_fold()
-    jobs: Any = None
-    if sched is not None:
-        jobs = sched[0]() if tokens is None else sched[0](tokens=tokens)
-    state = SystemState(jobs=jobs)
-    jobs_apply = sched[1] if sched is not None else None
+    state = SystemState(jobs=SchedulerState() if tokens is None else SchedulerState(tokens=tokens))
     for env in envelopes:
-        apply_system(state, env, jobs_apply)
+        apply_system(state, env)
     return state
 
 
@@ -437,9 +421,5 @@ def summary(state: SystemState) -> dict[str, Any]:
         "deployments_active": sum(d.status == "active" for d in state.deployments.deployments.values()),
         "packages": len(state.packages.packages),
     }
-    jobs = state.jobs
-    if jobs is not None:
-        job_map = getattr(jobs, "jobs", None)
-        if isinstance(job_map, dict):
-            out["jobs"] = len(job_map)
+    out["jobs"] = len(state.jobs.jobs)
     return out

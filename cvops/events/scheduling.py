@@ -55,11 +55,11 @@ from __future__ import annotations
 import bisect
 import logging
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 
-from cvops.errors import ConcurrencyError, Conflict, NotFound, TooManyRequests, ValidationFailed
+from cvops.errors import Conflict, NotFound, TooManyRequests, ValidationFailed
 from cvops.events.schema import (
     CheckpointSaved,
     CheckpointsDiscarded,
@@ -75,9 +75,11 @@ from cvops.events.schema import (
     JobStarted,
     JobSubmitted,
     JobSucceeded,
-    encode_event,
     type_of,
 )
+
+if TYPE_CHECKING:
+    from cvops.events.memory import LogCore
 
 log = logging.getLogger(__name__)
 
@@ -592,76 +594,9 @@ def scheduler_view(state: SchedulerState) -> dict[str, Any]:
     }
 
 
-# ------------------------------------------------------------------------------------ in-memory log
-
-
-class InMemoryLog:
-    """A tiny pure in-memory event log with the EventLog's append contract, for tests and tools:
-    global gapless ``seq`` from 1, per-stream ``version``, ``expected_version`` None = no check,
-    0 = new stream, N = the stream must be at N (else :class:`ConcurrencyError`, nothing written)."""
-
-    def __init__(self, clock: Callable[[], float] | None = None) -> None:
-        self._envelopes: list[Envelope] = []
-        self._versions: dict[str, int] = {}
-        self._clock = clock
-
-    @property
-    def envelopes(self) -> list[Envelope]:
-        return list(self._envelopes)
-
-    @property
-    def last_seq(self) -> int:
-        return len(self._envelopes)
-
-    def version(self, stream: str) -> int:
-        return self._versions.get(stream, 0)
-
-    def read(self, after: int = 0, stream: str | None = None) -> list[Envelope]:
-        return [e for e in self._envelopes[after:] if stream is None or e.stream == stream]
-
-    def append(
-        self,
-        stream: str,
-        events: Sequence[Event],
-        expected_version: int | None = None,
-        *,
-        user: str = "",
-        correlation_id: str = "",
-        causation_id: str = "",
-    ) -> list[Envelope]:
-        if not stream:
-            raise ValidationFailed("an event stream name must not be empty")
-        if not events:
-            raise ValidationFailed("an append needs at least one event", {"stream": stream})
-        cur = self.version(stream)
-        if expected_version is not None and expected_version != cur:
-            raise ConcurrencyError(
-                f"stream {stream!r} is at version {cur}, not {expected_version}",
-                {"stream": stream, "expected": expected_version, "actual": cur},
-            )
-        out: list[Envelope] = []
-        for i, ev in enumerate(events, start=1):
-            seq = len(self._envelopes) + 1
-            env = Envelope(
-                seq=seq,
-                stream=stream,
-                version=cur + i,
-                type=type_of(ev),
-                ts=self._clock() if self._clock is not None else float(seq),
-                data=encode_event(ev),
-                user=user,
-                correlation_id=correlation_id,
-                causation_id=causation_id,
-            )
-            self._envelopes.append(env)
-            out.append(env)
-        self._versions[stream] = cur + len(events)
-        return out
-
-
-def commit(log_: InMemoryLog, state: SchedulerState, events: Sequence[Event]) -> list[Envelope]:
-    """Append ``events`` (all of one stream) to an :class:`InMemoryLog` at the state's expected version
-    and fold them back into ``state`` — the actor's cycle, for tests."""
+def commit(log_: LogCore, state: SchedulerState, events: Sequence[Event]) -> list[Envelope]:
+    """Append ``events`` (all of one stream) to an in-memory :class:`~cvops.events.memory.LogCore` at the
+    state's expected version and fold them back into ``state`` — the actor's cycle, for tests."""
     streams = {stream_for(e) for e in events}
     if len(streams) != 1:
         raise ValidationFailed("one append goes to one stream", {"streams": sorted(streams)})

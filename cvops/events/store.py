@@ -25,7 +25,9 @@ class Store(Protocol):
         user: str = "",
         correlation_id: str = "",
         causation_id: str = "",
-    ) -> list[int]: ...
+    ) -> list[Envelope]:
+        """Append atomically; the envelopes written, once durably committed."""
+        ...
 
     async def read(
         self,
@@ -49,7 +51,7 @@ class SyncStore(Protocol):
 
     def append(
         self, stream: str, events: Sequence[Event], expected_version: int | None = None
-    ) -> list[int]: ...
+    ) -> list[Envelope]: ...
 
     def read(
         self,
@@ -62,6 +64,57 @@ class SyncStore(Protocol):
     ) -> list[Envelope]: ...
 
     def wait_for(self, after: int, timeout: float) -> int: ...
+
+
+def matches(
+    env: Envelope, stream: str | None = None, prefix: str | None = None, types: Sequence[str] | None = None
+) -> bool:
+    """Whether ``env`` passes the stream / prefix / types filters of a read (as ``log.build_query``):
+    ``stream`` exact, ``prefix`` a literal stream-name prefix ('' or None: any), ``types`` any of
+    (None: any; empty: none)."""
+    if stream is not None and env.stream != stream:
+        return False
+    if prefix and not env.stream.startswith(prefix):
+        return False
+    return types is None or env.type in types
+
+
+# what a remote writer sends back for an append: (first seq, first version, commit ts); the caller
+# rebuilds the envelopes from the items it sent (see :func:`appended_envelopes`), no payload travels back
+Appended = tuple[int, int, float]
+
+
+def appended_head(envs: Sequence[Envelope]) -> Appended:
+    """The :data:`Appended` triple of a non-empty append's envelopes ((0, 0, 0.0) for none)."""
+    return (envs[0].seq, envs[0].version, envs[0].ts) if envs else (0, 0, 0.0)
+
+
+def appended_envelopes(
+    stream: str,
+    items: Sequence[tuple[str, bytes]],
+    head: Appended,
+    *,
+    user: str = "",
+    correlation_id: str = "",
+    causation_id: str = "",
+) -> list[Envelope]:
+    """The envelopes an append of encoded ``items`` wrote, from its :data:`Appended` triple: the events
+    of one append get consecutive seqs and versions and one commit timestamp."""
+    seq, version, ts = head
+    return [
+        Envelope(
+            seq=seq + i,
+            stream=stream,
+            version=version + i,
+            type=type_,
+            ts=ts,
+            data=data,
+            user=user,
+            correlation_id=correlation_id,
+            causation_id=causation_id,
+        )
+        for i, (type_, data) in enumerate(items)
+    ]
 
 
 async def subscribe(

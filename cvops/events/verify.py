@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 from collections.abc import Iterable
-from typing import Any
 
 import msgspec
 
+from cvops.events.scheduling import audit_tokens
 from cvops.events.schema import UPCASTERS, Envelope
 
 MAX_PROBLEMS = 1000  # stop collecting after this many (the log is clearly broken by then)
-
-
-def _audit() -> Any:
-    if importlib.util.find_spec("cvops.events.scheduling") is None:
-        return None
-    return getattr(importlib.import_module("cvops.events.scheduling"), "audit_tokens", None)
 
 
 def verify(envelopes: Iterable[Envelope], tokens: int | None = None) -> list[str]:
@@ -26,14 +18,13 @@ def verify(envelopes: Iterable[Envelope], tokens: int | None = None) -> list[str
     * ``seq`` starts at 1 and has no gap and no repeat;
     * each stream's versions go 1, 2, 3, ... in seq order;
     * every payload decodes to an event whose tag is the row's ``type``;
-    * if ``tokens`` is given and :mod:`cvops.events.scheduling` exposes ``audit_tokens``, the GPU-token
-      audit (never more jobs holding tokens than there are tokens) runs over the same envelopes.
+    * if ``tokens`` is given, the GPU-token audit (:func:`~cvops.events.scheduling.audit_tokens`)
+      (never more jobs holding tokens than there are tokens) runs over the same envelopes.
     """
     problems: list[str] = []
     versions: dict[str, int] = {}
     expected_seq = 1
-    audit = _audit() if tokens is not None else None
-    kept: list[Envelope] | None = [] if audit is not None else None
+    kept: list[Envelope] | None = [] if tokens is not None else None
 
     def problem(text: str) -> None:
         if len(problems) < MAX_PROBLEMS:
@@ -63,6 +54,6 @@ def verify(envelopes: Iterable[Envelope], tokens: int | None = None) -> list[str
         tag = ev.__struct_config__.tag
         if tag != env.type and env.type not in UPCASTERS:
             problem(f"seq {env.seq}: row type {env.type!r} but payload is {tag!r}")
-    if audit is not None and kept is not None:
-        problems.extend(str(p) for p in audit(kept, tokens))
+    if tokens is not None and kept is not None:
+        problems.extend(str(p) for p in audit_tokens(kept, tokens))
     return problems

@@ -27,6 +27,8 @@ from aiohttp import web
 from cvops.actors.eventlog import EventStore
 from cvops.config import Settings
 from cvops.errors import CvopsError, StartupFailed
+from cvops.events.sqlite_reader import ReadThroughStore
+from cvops.events.store import Store
 from cvops.platform.auth import Authenticator, load_or_create_secret
 from cvops.platform.keys import SERVICES, SETTINGS
 
@@ -294,8 +296,13 @@ def init_ray(settings: Settings) -> dict[str, str]:
 async def start_services(settings: Settings, services: Any) -> str | None:
     """Start the actors; returns a generated admin password to print once, if one was made."""
     settings.data_path.mkdir(parents=True, exist_ok=True)
-    store = EventStore.start(str(settings.db_path))
-    await store.ping()
+    writer = EventStore.start(str(settings.db_path))
+    await writer.ping()  # the actor has opened (created) the file: the read side can open it now
+    # the gateway reads the file through aiosqlite; the actor stays the only writer
+    # (CVOPS_EVENT_READS=actor reads through the actor as before: for scripts/bench_event_reads.py)
+    store: Store = writer
+    if os.environ.get("CVOPS_EVENT_READS", "sqlite") != "actor":
+        store = await ReadThroughStore.open(settings.db_path, writer)
     services.store = store
     auth = Authenticator(store, settings, load_or_create_secret(settings))
     generated = await auth.bootstrap_admin()

@@ -13,6 +13,7 @@ import ray
 
 from cvops.actors.eventlog import EventStore
 from cvops.errors import CvopsError
+from cvops.events.sqlite_reader import ReadThroughStore
 from tests.contracts import EventStoreContract
 
 
@@ -44,3 +45,21 @@ class TestEventLogActor(EventStoreContract):
         st = _start(store.test_path, store.test_opened)
         await st.ping()
         return st
+
+
+class TestReadThroughActor(EventStoreContract):
+    """The gateway's store: reads through aiosqlite on the file, writes through the actor."""
+
+    fifo = False
+
+    @pytest.fixture
+    async def store(self, tmp_path: Path, ray_session: Any) -> AsyncIterator[ReadThroughStore]:
+        opened: list[EventStore] = []
+        writer = _start(tmp_path / "events.db", opened)
+        await writer.ping()  # the actor creates the file; the reader opens it afterwards
+        st = await ReadThroughStore.open(tmp_path / "events.db", writer)
+        yield st
+        with contextlib.suppress(CvopsError):
+            await st.close()
+        for s in opened:
+            ray.kill(s.handle, no_restart=True)

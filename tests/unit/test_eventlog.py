@@ -13,7 +13,7 @@ import pytest
 from cvops.errors import ConcurrencyError, Unavailable, ValidationFailed
 from cvops.events.log import EventLog, iter_envelopes, open_readonly
 from cvops.events.schema import JobProgressed, JobQueued, encode_event
-from tests.contracts import EventStoreContract, ev
+from tests.contracts import EventStoreContract, ev, seqs
 
 
 class TestEventLog(EventStoreContract):
@@ -64,7 +64,7 @@ async def test_conflict_and_neighbours_share_one_transaction(tmp_path: Path) -> 
             return_exceptions=True,
         )
         assert log.commits == before + 1  # one group, one transaction
-        assert results[0] == [2] and results[2] == [3, 4]
+        assert seqs(results[0]) == [2] and seqs(results[2]) == [3, 4]  # type: ignore[arg-type]
         assert isinstance(results[1], ConcurrencyError)
         assert [e.seq for e in await log.read()] == [1, 2, 3, 4]
 
@@ -73,7 +73,9 @@ async def test_append_encoded_and_last_seq(tmp_path: Path) -> None:
     async with await EventLog.open(tmp_path / "e.db") as log:
         assert log.last_seq == 0
         items = [("JobQueued", encode_event(JobQueued(job_id=f"j{i}"))) for i in range(3)]
-        assert await log.append_encoded("job-x", items, expected_version=0) == [1, 2, 3]
+        wrote = await log.append_encoded("job-x", items, expected_version=0, user="u")
+        assert seqs(wrote) == [1, 2, 3]
+        assert wrote == await log.read()
         assert log.last_seq == 3
         assert [e.event() for e in await log.read()] == [JobQueued(job_id=f"j{i}") for i in range(3)]
         with pytest.raises(ConcurrencyError):
@@ -95,7 +97,7 @@ async def test_unencodable_event_fails_its_append_alone(tmp_path: Path) -> None:
             log.append("c", [ev(3)]),
             return_exceptions=True,
         )
-        assert results[0] == [1] and results[2] == [2]
+        assert seqs(results[0]) == [1] and seqs(results[2]) == [2]  # type: ignore[arg-type]
         assert isinstance(results[1], ValidationFailed)
         assert await log.stream_version("b") == 0
         assert [e.stream for e in await log.read()] == ["a", "c"]
@@ -214,4 +216,4 @@ async def test_open_refuses_a_file_that_is_not_a_log(tmp_path: Path) -> None:
     # the lock was released: a good file in the same place opens fine afterwards
     bad.unlink()
     async with await EventLog.open(bad) as log:
-        assert await log.append("s", [ev(1)]) == [1]
+        assert seqs(await log.append("s", [ev(1)])) == [1]

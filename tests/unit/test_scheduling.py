@@ -1,4 +1,4 @@
-"""The GPUScheduler's pure core: fold, plan_* decisions, audit, InMemoryLog — plus a hypothesis state
+"""The GPUScheduler's pure core: fold, plan_* decisions, audit, the in-memory LogCore — plus a hypothesis state
 machine that drives random submit / dispatch / finish / cancel / worker-death / restart sequences."""
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from cvops.errors import ConcurrencyError, Conflict, NotFound, TooManyRequests, ValidationFailed
+from cvops.events.memory import LogCore
 from cvops.events.scheduling import (
     MAX_ATTEMPTS,
     SCHEDULER_STREAM,
     STATUSES,
-    InMemoryLog,
     SchedulerState,
     apply_scheduler,
     audit_tokens,
@@ -60,7 +60,7 @@ class World:
     """A log plus the state folded from it, the actor's cycle in miniature."""
 
     def __init__(self, tokens: int = 2, limit: int = 100) -> None:
-        self.log = InMemoryLog()
+        self.log = LogCore()
         self.state = new_state(tokens)
         self.tokens = tokens
         self.limit = limit
@@ -265,7 +265,7 @@ def test_recover_of_a_clean_state_does_nothing_and_a_second_recover_is_empty() -
 
 
 def test_recover_fails_a_job_whose_starts_are_used_up_and_releases_leaked_tokens() -> None:
-    log = InMemoryLog()
+    log = LogCore()
     log.append(SCHEDULER_STREAM, [JobSubmitted(job_id="x", kind="train", spec={}), JobQueued(job_id="x")], 0)
     for attempt in range(1, MAX_ATTEMPTS + 1):
         v = log.version(SCHEDULER_STREAM)
@@ -352,8 +352,8 @@ def test_resume_information_survives_requeue() -> None:
 # -------------------------------------------------------------------------------------------- audit
 
 
-def _forged(*appends: list[Event]) -> InMemoryLog:
-    log = InMemoryLog()
+def _forged(*appends: list[Event]) -> LogCore:
+    log = LogCore()
     for events in appends:
         log.append(SCHEDULER_STREAM, events)
     return log
@@ -494,7 +494,7 @@ def test_default_state_and_views_are_json_ready() -> None:
 
 
 def test_in_memory_log_checks_expected_versions_and_streams() -> None:
-    log = InMemoryLog(clock=lambda: 123.0)
+    log = LogCore(clock=lambda: 123.0)
     (e1,) = log.append("s", [JobQueued(job_id="x")], 0)
     assert (e1.seq, e1.version, e1.ts) == (1, 1, 123.0)
     with pytest.raises(ConcurrencyError):
@@ -535,7 +535,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         super().__init__()
         self.limit = 4
         self.tokens = 2
-        self.log = InMemoryLog()
+        self.log = LogCore()
         self.state = new_state(self.tokens)
         self.n = 0
         self.order: list[str] = []  # submission order
