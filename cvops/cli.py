@@ -299,15 +299,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     gc.register(sub)
 
-    try:
-        from cvops import replay
-    except ImportError as exc:  # pragma: no cover - replay ships with the package
-        log.debug("replay unavailable: %s", exc)
-    else:
-        replay.register(sub)
-        replay_parser = sub.choices.get("replay")
-        if replay_parser is not None and replay_parser.get_default("func") is None:
-            replay_parser.set_defaults(func=replay.run)
+    from cvops import replay  # offline, over the data dir
+
+    replay.register(sub)
+    sub.choices["replay"].set_defaults(func=replay.run)
     return parser
 
 
