@@ -8,7 +8,10 @@ and each user's stored upload bytes stay under ``CVOPS_MAX_STORED_BYTES_PER_USER
 is a fold of the event log (:func:`apply_storage`: who uploaded which record, of what size), so it
 survives a restart; uploads in progress hold their bytes in memory until their record is in the log.
 The file is committed to the blob store only once the whole body has been read and accepted, so a
-refused upload leaves nothing stored (its rejection event aside)."""
+refused upload leaves nothing stored (its rejection event aside).
+
+Models and datasets share one accept / reject / ``?wait`` path, :func:`handle_upload`; an
+:class:`UploadKind` says what differs (form fields, byte limit, how to wait for the record)."""
 
 from __future__ import annotations
 
