@@ -101,6 +101,7 @@ async def _serve(args: argparse.Namespace, settings: Settings) -> int:
     from aiohttp import web
 
     from cvops.platform.app import make_app
+    from cvops.platform.keys import REINSTALL_SIGNALS
     from cvops.platform.runtime import (
         boot_ctx,
         check_secrets,
@@ -141,7 +142,7 @@ async def _serve(args: argparse.Namespace, settings: Settings) -> int:
         _out("cvops ready")
 
     app = make_app(settings, background=[boot_ctx(announce)])
-    app["cvops.reinstall_signals"] = lambda: loop.call_soon_threadsafe(install)
+    app[REINSTALL_SIGNALS] = lambda: loop.call_soon_threadsafe(install)
     install()
     # no per-request access log: at 100 concurrent users it costs CPU; /metrics counts requests
     runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=5.0, access_log=None)

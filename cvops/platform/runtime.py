@@ -28,7 +28,7 @@ from cvops.actors.eventlog import EventStore
 from cvops.config import Settings
 from cvops.errors import CvopsError, StartupFailed
 from cvops.platform.auth import Authenticator, load_or_create_secret
-from cvops.platform.keys import SERVICES, SETTINGS
+from cvops.platform.keys import REINSTALL_SIGNALS, SERVICES, SETTINGS
 from cvops.platform.services import Services
 
 log = logging.getLogger(__name__)
@@ -415,8 +415,8 @@ def boot_ctx(announce: Any = None, manage_ray: bool = True) -> Any:
                     if not settings.ray_address:  # never reap a cluster we only joined
                         start_reaper(info.get("session_dir", ""))
                     # Ray's driver installs its own SIGTERM handler; ours must win
-                    reinstall = app.get("cvops.reinstall_signals")
-                    if callable(reinstall):
+                    reinstall = app.get(REINSTALL_SIGNALS)
+                    if reinstall is not None:
                         reinstall()
                 generated = await start_services(settings, services)
                 secure_data_dir(settings.data_path)  # files an actor elsewhere (RAY_ADDRESS) created
