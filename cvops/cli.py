@@ -101,6 +101,7 @@ async def _serve(args: argparse.Namespace, settings: Settings) -> int:
     from aiohttp import web
 
     from cvops.platform.app import make_app
+    from cvops.platform.keys import REINSTALL_SIGNALS
     from cvops.platform.runtime import (
         boot_ctx,
         check_secrets,
@@ -141,7 +142,7 @@ async def _serve(args: argparse.Namespace, settings: Settings) -> int:
         _out("cvops ready")
 
     app = make_app(settings, background=[boot_ctx(announce)])
-    app["cvops.reinstall_signals"] = lambda: loop.call_soon_threadsafe(install)
+    app[REINSTALL_SIGNALS] = lambda: loop.call_soon_threadsafe(install)
     install()
     # no per-request access log: at 100 concurrent users it costs CPU; /metrics counts requests
     runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=5.0, access_log=None)
@@ -299,15 +300,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     gc.register(sub)
 
-    try:
-        from cvops import replay
-    except ImportError as exc:  # pragma: no cover - replay ships with the package
-        log.debug("replay unavailable: %s", exc)
-    else:
-        replay.register(sub)
-        replay_parser = sub.choices.get("replay")
-        if replay_parser is not None and replay_parser.get_default("func") is None:
-            replay_parser.set_defaults(func=replay.run)
+    from cvops import replay  # offline, over the data dir
+
+    replay.register(sub)
+    sub.choices["replay"].set_defaults(func=replay.run)
     return parser
 
 

@@ -63,7 +63,7 @@ async def create_deployment(request: web.Request) -> web.StreamResponse:
         raise E.ValidationFailed("max_batch must be 1..256", {"field": "max_batch"})
     if not 0 <= body.max_wait_ms <= 1000:
         raise E.ValidationFailed("max_wait_ms must be 0..1000", {"field": "max_wait_ms"})
-    pool = request.app[SERVICES].need("pool")
+    pool = request.app[SERVICES].need_pool()
     view = await pool.create(
         body.model_id,
         body.engine,
@@ -77,16 +77,16 @@ async def create_deployment(request: web.Request) -> web.StreamResponse:
 
 async def list_deployments(request: web.Request) -> web.StreamResponse:
     return json_response(
-        DeploymentList(deployments=await request.app[SERVICES].need("pool").list_deployments())
+        DeploymentList(deployments=await request.app[SERVICES].need_pool().list_deployments())
     )
 
 
 async def get_deployment(request: web.Request) -> web.StreamResponse:
-    return json_response(await request.app[SERVICES].need("pool").get(request.match_info["id"]))
+    return json_response(await request.app[SERVICES].need_pool().get(request.match_info["id"]))
 
 
 async def delete_deployment(request: web.Request) -> web.StreamResponse:
-    await request.app[SERVICES].need("pool").delete(request.match_info["id"], principal(request).username)
+    await request.app[SERVICES].need_pool().delete(request.match_info["id"], principal(request).username)
     return web.Response(status=204)
 
 
@@ -103,7 +103,7 @@ async def predict(request: web.Request) -> web.StreamResponse:
     """Body: image/jpeg, image/png, or video/mp4 (detection models). The bytes go to a worker
     untouched; decoding happens there."""
     settings = request.app[SETTINGS]
-    pool = request.app[SERVICES].need("pool")
+    pool = request.app[SERVICES].need_pool()
     dep_id = request.match_info["id"]
     ctype = request.content_type
     if ctype not in IMAGE_TYPES + VIDEO_TYPES:
@@ -137,12 +137,12 @@ async def predict(request: web.Request) -> web.StreamResponse:
     finally:
         if admission is not None:
             admission.release()
-        router = pool.router_of(dep_id)
-        label = dep_id if router is not None else "unknown"  # no series per made-up id
+        live = pool.router_of(dep_id)
+        label = dep_id if live is not None else "unknown"  # no series per made-up id
         metrics.inference_requests.labels(label, status).inc()
         metrics.inference_latency.labels(label).observe(time.perf_counter() - start)
-        if router is not None:
-            metrics.inference_queue.labels(dep_id).set(router.queued + router.inflight)
+        if live is not None:
+            metrics.inference_queue.labels(dep_id).set(live.queued + live.inflight)
 
 
 ROUTES = [

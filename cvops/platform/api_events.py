@@ -83,7 +83,7 @@ def _visible(env: Envelope, hide_users: bool) -> bool:
 
 
 async def list_events(request: web.Request) -> web.StreamResponse:
-    store = request.app[SERVICES].need("store")
+    store = request.app[SERVICES].need_store()
     after = query_int(request, "after", 0, 0, MAX_SEQ)
     limit = query_int(request, "limit", 100, 1, 1000)
     filters = _filters(request)
@@ -119,7 +119,7 @@ async def events_ws(request: web.Request) -> web.StreamResponse:
     with 1001.  Non-admins never get ``user-*`` events.
     """
     services = request.app[SERVICES]
-    store = services.need("store")
+    store = services.need_store()
     auth = services.need_auth()
     caller = principal(request)
     token = request[TOKEN]
@@ -169,20 +169,30 @@ async def events_ws(request: web.Request) -> web.StreamResponse:
         async for _msg in ws:  # clients send nothing we need; this notices their close
             pass
 
+    def refusal() -> str | None:
+        """Why the caller may no longer listen (its user changed, or its token expired), or None."""
+        try:
+            current = auth.authenticate(token)
+            if current.role not in STAFF:
+                raise Forbidden(f"role {current.role!r} may not read events")
+        except CvopsError as exc:
+            return exc.message
+        return None
+
     async def guard() -> None:
         """Re-check the caller at each user change and at the token's expiry."""
         while True:
-            changed = auth.change_signal()  # taken before the check: no change can slip between
-            try:
-                current = auth.authenticate(token)
-                if current.role not in STAFF:
-                    raise Forbidden(f"role {current.role!r} may not read events")
-                left = auth.expires_at(token) - time.time()
-            except CvopsError as exc:
-                revoked.append(exc.message)
+            reason = refusal()
+            if reason is None:
+                try:
+                    left = auth.expires_at(token) - time.time()
+                except CvopsError as exc:
+                    reason = exc.message
+            if reason is not None:
+                revoked.append(reason)
                 return
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(changed.wait(), min(max(left, 0.0) + 0.05, RECHECK_S))
+            timeout = min(max(left, 0.0) + 0.05, RECHECK_S)
+            await auth.users.wait_until(lambda _: refusal() is not None, timeout)
 
     tasks = [
         asyncio.create_task(produce()),

@@ -16,7 +16,9 @@ from cvops.errors import (
     UnsupportedMediaType,
     ValidationFailed,
 )
+from cvops.events.projection import Projection
 from cvops.events.scheduling import job_stream
+from cvops.events.schema import Envelope
 from cvops.platform.bodies import json_response, read_body
 from cvops.platform.context import principal
 from cvops.platform.keys import SERVICES, SETTINGS
@@ -27,6 +29,10 @@ REPORT_TYPES = {
     "md": "text/markdown; charset=utf-8",
     "html": "text/html; charset=utf-8",
 }
+
+
+# one submission per user at a time in this gateway (user name -> lock)
+SUBMIT_LOCKS: web.AppKey[dict[str, asyncio.Lock]] = web.AppKey("cvops.job_submit_locks")
 
 
 class JobOut(msgspec.Struct):
@@ -56,7 +62,7 @@ async def submit_job(request: web.Request) -> web.StreamResponse:
 
     who = principal(request)
     services = request.app[SERVICES]
-    scheduler = services.need("scheduler")
+    scheduler = services.need_scheduler()
     limit = request.app[SETTINGS].max_queued_jobs_per_user
     await _check_queued(scheduler, who.username, limit)  # admitted before the body is read (§5)
     req = decode_job_request(await _body(request))
@@ -79,7 +85,7 @@ async def submit_job(request: web.Request) -> web.StreamResponse:
         from cvops.ml.training import validate_hyperparameters
 
         validate_hyperparameters(spec.get("hyperparameters") or {})
-    registry = services.need("registry")
+    registry = services.need_registry()
     model = await registry.get(spec["model_id"])
     if model["status"] != "ready":
         raise ValidationFailed(
@@ -92,8 +98,7 @@ async def submit_job(request: web.Request) -> web.StreamResponse:
                 f"dataset {spec['dataset_id']} is {ds['status']}, not ready", {"field": "dataset_id"}
             )
     # one submission per user at a time in this gateway, so the count cannot be raced past
-    locks: dict[str, asyncio.Lock] = services.extra.setdefault("job_submit_locks", {})
-    async with locks.setdefault(who.username, asyncio.Lock()):
+    async with request.app[SUBMIT_LOCKS].setdefault(who.username, asyncio.Lock()):
         await _check_queued(scheduler, who.username, limit)
         view = await scheduler.submit(kind, spec, who.username)
     return json_response(view, status=202)
@@ -125,14 +130,14 @@ async def _waiting_jobs(scheduler: Any, username: str) -> list[str]:
 async def list_jobs(request: web.Request) -> web.StreamResponse:
     jobs = (
         await request.app[SERVICES]
-        .need("scheduler")
+        .need_scheduler()
         .list_jobs(request.query.get("kind"), request.query.get("status"))
     )
     return json_response(JobList(jobs=jobs))
 
 
 async def get_job(request: web.Request) -> web.StreamResponse:
-    return json_response(await request.app[SERVICES].need("scheduler").get(request.match_info["id"]))
+    return json_response(await request.app[SERVICES].need_scheduler().get(request.match_info["id"]))
 
 
 def check_may_cancel(job: dict[str, Any], username: str, role: str) -> None:
@@ -153,7 +158,7 @@ def check_may_cancel(job: dict[str, Any], username: str, role: str) -> None:
 
 async def cancel_job(request: web.Request) -> web.StreamResponse:
     who = principal(request)
-    scheduler = request.app[SERVICES].need("scheduler")
+    scheduler = request.app[SERVICES].need_scheduler()
     job = await scheduler.get(request.match_info["id"])  # 404 first; kind and submitter never change
     check_may_cancel(job, who.username, who.role)
     view = await scheduler.cancel(job["id"], who.username)
@@ -161,7 +166,25 @@ async def cancel_job(request: web.Request) -> web.StreamResponse:
 
 
 async def scheduler_view(request: web.Request) -> web.StreamResponse:
-    return json_response(await request.app[SERVICES].need("scheduler").view())
+    return json_response(await request.app[SERVICES].need_scheduler().view())
+
+
+REPORT_EVENTS = ("BenchmarkMeasured", "EngineSelected")
+
+
+class ReportParts(msgspec.Struct):
+    """What a benchmark job's report is built from: the last measurement and engine selection."""
+
+    measured: dict[str, Any] | None = None
+    selection: dict[str, Any] | None = None
+
+
+def _report_parts(parts: ReportParts, env: Envelope) -> ReportParts:
+    if env.type == "BenchmarkMeasured":
+        parts.measured = msgspec.to_builtins(env.event())
+    elif env.type == "EngineSelected":
+        parts.selection = msgspec.to_builtins(env.event())
+    return parts
 
 
 async def job_report(request: web.Request) -> web.StreamResponse:
@@ -174,17 +197,12 @@ async def job_report(request: web.Request) -> web.StreamResponse:
     if fmt not in REPORT_TYPES:
         raise BadRequest("format must be json, md or html", {"parameter": "format"})
     services = request.app[SERVICES]
-    job = await services.need("scheduler").get(request.match_info["id"])
-    store = services.need("store")
-    measured: dict[str, Any] | None = None
-    selection: dict[str, Any] | None = None
-    for env in await store.read(
-        after=0, limit=1000, stream=job_stream(job["id"]), types=["BenchmarkMeasured", "EngineSelected"]
-    ):
-        if env.type == "BenchmarkMeasured":
-            measured = msgspec.to_builtins(env.event())
-        elif env.type == "EngineSelected":
-            selection = msgspec.to_builtins(env.event())
+    job = await services.need_scheduler().get(request.match_info["id"])
+    report = Projection(
+        services.need_store(), _report_parts, ReportParts(), stream=job_stream(job["id"]), types=REPORT_EVENTS
+    )
+    parts = await report.catch_up()
+    measured, selection = parts.measured, parts.selection
     if measured is None or selection is None:
         raise NotFound(
             "this job has no report yet (only finished benchmark jobs have one)", {"job_id": job["id"]}

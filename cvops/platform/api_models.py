@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 from aiohttp import web
@@ -16,14 +16,16 @@ from cvops.platform.keys import SERVICES, SETTINGS
 from cvops.platform.routes import ADMIN, STAFF, Route
 from cvops.platform.uploads import (
     MODEL_FIELDS,
+    Upload,
+    UploadKind,
     check_name,
     default_name,
-    read_multipart,
-    record_rejection,
-    release_upload,
+    handle_upload,
+    reply_record,
 )
 
-WAIT_S = 600.0
+if TYPE_CHECKING:
+    from cvops.actors.registry import Registry
 
 
 class PresetRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -91,67 +93,43 @@ def parse_labels(raw: str | None) -> list[str]:
     return labels
 
 
-async def upload_model(request: web.Request) -> web.StreamResponse:
-    services = request.app[SERVICES]
-    registry = services.need("registry")
-    settings = request.app[SETTINGS]
-    who = principal(request)
-    query_bool(request, "wait")  # a bad ?wait= is refused before anything is stored
-    blobs = _blobs(request)
-    try:
-        up = await read_multipart(request, blobs, settings.max_model_bytes, allowed=MODEL_FIELDS)
-    except Exception as exc:
-        await record_rejection(services.need("store"), "model", exc, who.username)
-        raise
+async def _accept_model(registry: Registry, up: Upload, blobs: BlobStore, user: str) -> dict[str, Any]:
     assert up.blob is not None
-    try:
-        name = up.fields.get("name") or default_name(up.filename, "model")
-        task = up.fields.get("task", "")
-        check_name(name)
-        if task not in ("classification", "detection"):
-            raise ValidationFailed("task must be classification or detection", {"field": "task"})
-        from cvops.ml.formats import detect_format
+    name = up.fields.get("name") or default_name(up.filename, "model")
+    task = up.fields.get("task", "")
+    check_name(name)
+    if task not in ("classification", "detection"):
+        raise ValidationFailed("task must be classification or detection", {"field": "task"})
+    from cvops.ml.formats import detect_format
 
-        path = blobs.path(up.blob.sha256)
-        fmt = await asyncio.get_running_loop().run_in_executor(None, detect_format, path, up.filename)
-        labels = parse_labels(up.fields.get("labels"))
-        fields: dict[str, Any] = {
-            "name": name,
-            "task": task,
-            "source_format": fmt,
-            "source_sha256": up.blob.sha256,
-            "source_bytes": up.blob.bytes,
-            "input_shape": parse_input_shape(up.fields.get("input_shape")),
-            "labels": labels,
-            "arch": up.fields.get("arch") or None,
-            "num_classes": len(labels) or None,
-        }
-        record = await registry.register(fields, who.username)
-    except Exception as exc:
-        await registry.release_blob(up.blob.sha256)  # unless another record uses the same bytes
-        await record_rejection(services.need("store"), "model", exc, who.username)
-        raise
-    finally:
-        release_upload(request)  # the record (or the released file) now speaks for these bytes
-    return await _reply(request, record)
+    path = blobs.path(up.blob.sha256)
+    fmt = await asyncio.get_running_loop().run_in_executor(None, detect_format, path, up.filename)
+    labels = parse_labels(up.fields.get("labels"))
+    fields: dict[str, Any] = {
+        "name": name,
+        "task": task,
+        "source_format": fmt,
+        "source_sha256": up.blob.sha256,
+        "source_bytes": up.blob.bytes,
+        "input_shape": parse_input_shape(up.fields.get("input_shape")),
+        "labels": labels,
+        "arch": up.fields.get("arch") or None,
+        "num_classes": len(labels) or None,
+    }
+    return await registry.register(fields, user)
 
 
-async def _reply(request: web.Request, record: dict[str, Any]) -> web.StreamResponse:
-    if query_bool(request, "wait"):
-        record = await request.app[SERVICES].need("registry").wait(record["id"], WAIT_S)
-        if record["status"] == "failed":
-            return json_response(
-                {
-                    "error": {
-                        "code": "model_rejected",
-                        "message": record.get("error") or "model rejected",
-                        "details": {"model": record, **(record.get("error_details") or {})},
-                    }
-                },
-                status=422,
-            )
-        return json_response(record, status=200 if record["status"] == "ready" else 202)
-    return json_response(record, status=202)
+MODEL = UploadKind(
+    kind="model",
+    fields=MODEL_FIELDS,
+    limit=lambda settings: settings.max_model_bytes,
+    wait=lambda registry, model_id, timeout: registry.wait(model_id, timeout),
+    pending_status=202,
+)
+
+
+async def upload_model(request: web.Request) -> web.StreamResponse:
+    return await handle_upload(request, MODEL, _accept_model)
 
 
 async def create_preset(request: web.Request) -> web.StreamResponse:
@@ -194,20 +172,20 @@ async def create_preset(request: web.Request) -> web.StreamResponse:
         from cvops.ml.pretrained import published
 
         published(body.preset)  # 422 now for a preset without published weights
-    record = await request.app[SERVICES].need("registry").register(fields, principal(request).username)
-    return await _reply(request, record)
+    record = await request.app[SERVICES].need_registry().register(fields, principal(request).username)
+    return await reply_record(request, MODEL, record)
 
 
 async def list_models(request: web.Request) -> web.StreamResponse:
-    return json_response(ModelList(models=await request.app[SERVICES].need("registry").list_models()))
+    return json_response(ModelList(models=await request.app[SERVICES].need_registry().list_models()))
 
 
 async def get_model(request: web.Request) -> web.StreamResponse:
-    return json_response(await request.app[SERVICES].need("registry").get(request.match_info["id"]))
+    return json_response(await request.app[SERVICES].need_registry().get(request.match_info["id"]))
 
 
 async def get_onnx(request: web.Request) -> web.StreamResponse:
-    rec = await request.app[SERVICES].need("registry").get(request.match_info["id"])
+    rec = await request.app[SERVICES].need_registry().get(request.match_info["id"])
     if rec["status"] != "ready" or not rec.get("onnx"):
         raise NotFound(
             f"model {rec['id']} has no ONNX form yet (status {rec['status']})", {"model_id": rec["id"]}
@@ -223,7 +201,7 @@ async def get_onnx(request: web.Request) -> web.StreamResponse:
 
 
 async def delete_model(request: web.Request) -> web.StreamResponse:
-    await request.app[SERVICES].need("registry").delete(request.match_info["id"], principal(request).username)
+    await request.app[SERVICES].need_registry().delete(request.match_info["id"], principal(request).username)
     return web.Response(status=204)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -12,8 +13,10 @@ from aiohttp import web
 
 from cvops.blobs import BlobStore
 from cvops.errors import NotFound, ValidationFailed
+from cvops.events.projection import Projection
 from cvops.events.projections import PackagesState, apply_packages
 from cvops.events.schema import PackageBuilt
+from cvops.events.store import Store
 from cvops.packaging import build_package, load_or_create_signing_key, package_files, public_key_info
 from cvops.platform.bodies import json_response, read_json
 from cvops.platform.context import principal
@@ -51,35 +54,25 @@ class PublicKeyOut(msgspec.Struct):
     pem: str  # the same key as a SubjectPublicKeyInfo PEM
 
 
-_STATE_KEY = "packages"
-_SIGNING_KEY = "packages.signing_key"
+class Packages(Projection[PackagesState]):
+    """The packages projection (streams ``package-*``) and the server's signing key, made on first use
+    in the data dir (mode 0600) and kept.  The gateway keeps one under :data:`PACKAGES`."""
+
+    def __init__(self, store: Store, data_dir: Path) -> None:
+        super().__init__(store, apply_packages, PackagesState(), prefix="package-")
+        self.data_dir = data_dir
+        self._key: Ed25519PrivateKey | None = None
+
+    async def signing_key(self) -> Ed25519PrivateKey:
+        if self._key is None:
+            loop = asyncio.get_running_loop()
+            key = await loop.run_in_executor(None, load_or_create_signing_key, self.data_dir)
+            if self._key is None:
+                self._key = key
+        return self._key
 
 
-async def _signing_key(request: web.Request) -> Ed25519PrivateKey:
-    """The server's package signing key, made on first use in the data dir (mode 0600) and kept."""
-    extra = request.app[SERVICES].extra
-    key: Ed25519PrivateKey | None = extra.get(_SIGNING_KEY)
-    if key is None:
-        data_dir = request.app[SETTINGS].data_path
-        key = await asyncio.get_running_loop().run_in_executor(None, load_or_create_signing_key, data_dir)
-        key = extra.setdefault(_SIGNING_KEY, key)
-    return key
-
-
-async def _state(request: web.Request) -> PackagesState:
-    services = request.app[SERVICES]
-    store = services.need("store")
-    holder = services.extra.setdefault(
-        _STATE_KEY, {"state": PackagesState(), "pos": 0, "lock": asyncio.Lock()}
-    )
-    async with holder["lock"]:  # concurrent catch-ups must not re-apply events or move pos back
-        while True:
-            envs = await store.read(after=holder["pos"], limit=5000, prefix="package-")
-            if not envs:
-                return holder["state"]  # type: ignore[no-any-return]
-            for env in envs:
-                apply_packages(holder["state"], env)
-            holder["pos"] = envs[-1].seq
+PACKAGES = web.AppKey("cvops.packages", Packages)
 
 
 def _build(
@@ -123,9 +116,10 @@ async def create_package(request: web.Request) -> web.StreamResponse:
             f"unknown engine {body.engine!r}", {"field": "engine", "known": list(ENGINE_NAMES)}
         )
     services = request.app[SERVICES]
-    model = await services.need("registry").get(body.model_id)
+    model = await services.need_registry().get(body.model_id)
     blobs = BlobStore(request.app[SETTINGS].blob_root)
-    key = await _signing_key(request)
+    packages = request.app[PACKAGES]
+    key = await packages.signing_key()
     ref, manifest = await asyncio.get_running_loop().run_in_executor(
         None, _build, blobs, model, body.engine, key
     )
@@ -138,22 +132,24 @@ async def create_package(request: web.Request) -> web.StreamResponse:
         bytes=ref.bytes,
         manifest=manifest,
     )
-    await services.need("store").append(f"package-{pkg_id}", [event], 0, user=principal(request).username)
-    rec = (await _state(request)).packages[pkg_id]
+    await services.need_store().append(f"package-{pkg_id}", [event], 0, user=principal(request).username)
+    rec = (await packages.catch_up()).packages[pkg_id]
     return json_response(msgspec.to_builtins(rec), status=201)
 
 
 async def public_key(request: web.Request) -> web.StreamResponse:
-    return json_response(msgspec.convert(public_key_info(await _signing_key(request)), PublicKeyOut))
+    return json_response(
+        msgspec.convert(public_key_info(await request.app[PACKAGES].signing_key()), PublicKeyOut)
+    )
 
 
 async def list_packages(request: web.Request) -> web.StreamResponse:
-    state = await _state(request)
+    state = await request.app[PACKAGES].catch_up()
     return json_response(PackageList(packages=[msgspec.to_builtins(p) for p in state.packages.values()]))
 
 
 async def _get(request: web.Request) -> Any:
-    pkg = (await _state(request)).packages.get(request.match_info["id"])
+    pkg = (await request.app[PACKAGES].catch_up()).packages.get(request.match_info["id"])
     if pkg is None:
         raise NotFound(f"no package {request.match_info['id']!r}", {"package_id": request.match_info["id"]})
     return pkg

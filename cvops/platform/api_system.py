@@ -5,8 +5,9 @@ from __future__ import annotations
 from aiohttp import web
 
 from cvops.platform.bodies import Health, json_response
-from cvops.platform.keys import METRICS, SERVICES, SETTINGS
+from cvops.platform.keys import METRICS, ROUTE_SPECS, SERVICES, SETTINGS
 from cvops.platform.middleware import optional_principal
+from cvops.platform.openapi import build_openapi
 from cvops.platform.routes import ANYONE, STAFF, Route
 
 
@@ -55,9 +56,7 @@ async def config(request: web.Request) -> web.StreamResponse:
 
 
 async def openapi(request: web.Request) -> web.StreamResponse:
-    from cvops.platform.openapi import build_openapi
-
-    return json_response(build_openapi())
+    return json_response(build_openapi(list(request.app[ROUTE_SPECS].values())))
 
 
 ROUTES = [

@@ -10,11 +10,14 @@ from typing import Any
 from aiohttp import WSCloseCode, web
 
 from cvops.config import Settings
+from cvops.platform.api_jobs import SUBMIT_LOCKS
+from cvops.platform.api_packages import PACKAGES, Packages
 from cvops.platform.keys import METRICS, ROUTE_SPECS, SERVICES, SETTINGS, WEBSOCKETS
 from cvops.platform.metrics import Metrics
 from cvops.platform.middleware import auth_middleware, errors_middleware, metrics_middleware
-from cvops.platform.routes import all_routes
-from cvops.platform.services import Services
+from cvops.platform.services import BootedStore, Services
+from cvops.platform.table import all_routes
+from cvops.platform.uploads import UPLOAD_QUOTA, UploadQuota
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +38,12 @@ def make_app(
         + 1024**2,
     )
     app[SETTINGS] = settings
-    app[SERVICES] = services if services is not None else Services()
+    services = services if services is not None else Services()
+    app[SERVICES] = services
+    store = BootedStore(services)  # the gateway's own projections reach the store once boot is done
+    app[UPLOAD_QUOTA] = UploadQuota(store, settings.max_stored_bytes_per_user, settings.blob_root)
+    app[PACKAGES] = Packages(store, settings.data_path)
+    app[SUBMIT_LOCKS] = {}
     app[METRICS] = Metrics()
     app[WEBSOCKETS] = set()  # type: ignore[index]
     specs: dict[Any, Any] = {}

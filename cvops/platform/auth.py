@@ -34,6 +34,7 @@ from cvops.errors import (
     Unauthorized,
     ValidationFailed,
 )
+from cvops.events.projection import Projection
 from cvops.events.projections import UserRecord, UsersState, apply_users
 from cvops.events.schema import (
     Event,
@@ -201,33 +202,22 @@ class Authenticator:
         self.store = store
         self.settings = settings
         self.secret = secret
-        self.state = UsersState()
-        self._pos = 0
-        self._lock = asyncio.Lock()
+        # the users projection (streams ``user-*``); open websockets wait on it for a change
+        self.users = Projection(store, apply_users, UsersState(), prefix="user-")
         self._commands = asyncio.Lock()
         self.throttle = LoginThrottle(
             settings.login_max_failures,
             settings.login_window_s,
             max_per_client=settings.login_max_failures_per_client,
         )
-        self._changed = asyncio.Event()  # set (and replaced) whenever a user event is applied
         self._dummy_hash = hash_password(secrets.token_hex(8))
 
-    async def catch_up(self) -> None:
-        async with self._lock:
-            while True:
-                envs = await self.store.read(after=self._pos, limit=5000, prefix="user-")
-                if not envs:
-                    return
-                for env in envs:
-                    self.state = apply_users(self.state, env)
-                self._pos = envs[-1].seq
-                changed, self._changed = self._changed, asyncio.Event()
-                changed.set()
+    @property
+    def state(self) -> UsersState:
+        return self.users.state
 
-    def change_signal(self) -> asyncio.Event:
-        """An event that is set at the next change of any user (open websockets re-check on it)."""
-        return self._changed
+    async def catch_up(self) -> None:
+        await self.users.catch_up()
 
     async def _append(self, name: str, events: list[Event], expected: int | None, by: str) -> None:
         await self.store.append(f"user-{name}", events, expected, user=by)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -18,3 +19,5 @@ SERVICES: web.AppKey[Services] = web.AppKey("services")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 ROUTE_SPECS: web.AppKey[dict[Any, Route]] = web.AppKey("route_specs")
 WEBSOCKETS: web.AppKey[set[web.WebSocketResponse]] = web.AppKey("websockets", set)
+# re-installs the gateway's SIGTERM/SIGINT handlers after Ray's driver installed its own (set by `serve`)
+REINSTALL_SIGNALS: web.AppKey[Callable[[], object]] = web.AppKey("reinstall_signals")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
@@ -14,7 +15,7 @@ from cvops.platform.api_events import MAX_SEQ
 from cvops.platform.api_jobs import REPORT_TYPES
 from cvops.platform.auth import ROLES, USERNAME
 from cvops.platform.bodies import ErrorBody
-from cvops.platform.routes import Route, all_routes
+from cvops.platform.routes import Route
 
 _PARAM = re.compile(r"\{(\w+)\}")
 # What the handlers enforce, stated in the spec (a value outside is a 4xx; the spec never is stricter
@@ -84,8 +85,8 @@ def _constrain(prop: dict[str, Any], rule: dict[str, Any]) -> None:
             branch.update(rule)
 
 
-def build_openapi(routes: list[Route] | None = None) -> dict[str, Any]:
-    routes = all_routes() if routes is None else routes
+def build_openapi(routes: Sequence[Route]) -> dict[str, Any]:
+    """The document for ``routes`` (the gateway passes its own table, :data:`~cvops.platform.keys.ROUTE_SPECS`)."""
     types: list[Any] = [ErrorBody]
     for r in routes:
         for t in (_TYPED_BODIES.get((r.method, r.full_path), r.body), r.response):

@@ -1,7 +1,8 @@
-"""The route table: every route of the gateway, with the roles that may call it, in one place.
+"""One route of the gateway and the roles that may call it (a leaf: it imports no handler module).
 
-Each ``api_*`` module exposes ``ROUTES``; :func:`all_routes` gathers them.  The auth middleware and
-the OpenAPI generator both read this table, and a test fails for any registered route without a rule.
+Each ``api_*`` module exposes ``ROUTES``; :func:`cvops.platform.table.all_routes` gathers them.  The
+auth middleware and the OpenAPI generator both read that table, and a test fails for any registered
+route without a rule.
 """
 
 from __future__ import annotations
@@ -41,20 +42,3 @@ class Route:
     @property
     def full_path(self) -> str:
         return f"{self.prefix}{self.path}"
-
-
-def all_routes() -> list[Route]:
-    from cvops.platform import api_docs, api_events, api_system, api_users
-
-    routes: list[Route] = []
-    for mod in (api_system, api_docs, api_users, api_events):
-        routes.extend(mod.ROUTES)
-    for name in ("api_models", "api_datasets", "api_jobs", "api_deployments", "api_packages"):
-        try:
-            mod = __import__(f"cvops.platform.{name}", fromlist=["ROUTES"])
-        except ModuleNotFoundError as exc:
-            if exc.name != f"cvops.platform.{name}":
-                raise
-            continue
-        routes.extend(mod.ROUTES)
-    return routes

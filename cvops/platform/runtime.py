@@ -30,11 +30,10 @@ from cvops.errors import CvopsError, StartupFailed
 from cvops.events.sqlite_reader import ReadThroughStore
 from cvops.events.store import Store
 from cvops.platform.auth import Authenticator, load_or_create_secret
-from cvops.platform.keys import SERVICES, SETTINGS
+from cvops.platform.keys import REINSTALL_SIGNALS, SERVICES, SETTINGS
+from cvops.platform.services import Services
 
 log = logging.getLogger(__name__)
-
-BOOT_HOOKS: list[Any] = []  # async callables (settings, services) -> None, appended by actor modules
 
 MIN_JWT_SECRET_BYTES = 32
 MIN_ADMIN_PASSWORD_CHARS = 12
@@ -293,7 +292,7 @@ def init_ray(settings: Settings) -> dict[str, str]:
     }
 
 
-async def start_services(settings: Settings, services: Any) -> str | None:
+async def start_services(settings: Settings, services: Services) -> str | None:
     """Start the actors; returns a generated admin password to print once, if one was made."""
     settings.data_path.mkdir(parents=True, exist_ok=True)
     writer = EventStore.start(str(settings.db_path))
@@ -304,6 +303,7 @@ async def start_services(settings: Settings, services: Any) -> str | None:
     if os.environ.get("CVOPS_EVENT_READS", "sqlite") != "actor":
         store = await ReadThroughStore.open(settings.db_path, writer)
     services.store = store
+    services.closers.append(store.close)
     auth = Authenticator(store, settings, load_or_create_secret(settings))
     generated = await auth.bootstrap_admin()
     services.auth = auth
@@ -317,24 +317,22 @@ async def start_services(settings: Settings, services: Any) -> str | None:
     pool = InferencePool(settings, store, services.registry)
     await pool.start()
     services.pool = pool
-    for hook in BOOT_HOOKS:
-        await hook(settings, services)
     services.ready = True
     return generated
 
 
-async def stop_services(services: Any) -> None:
-    for name in ("pool", "scheduler", "registry"):
-        facade = getattr(services, name, None)
-        stop = getattr(facade, "stop", None)
-        if stop is not None:
+async def stop_services(services: Services) -> None:
+    """Ask the actors to stop (pool, scheduler, registry: 10 s each), then close the event log (5 s)."""
+    facades = (("pool", services.pool), ("scheduler", services.scheduler), ("registry", services.registry))
+    for name, facade in facades:
+        if facade is not None:
             try:
-                await asyncio.wait_for(stop(), 10)
+                await asyncio.wait_for(facade.stop(), 10)
             except (TimeoutError, Exception) as exc:  # noqa: BLE001 - shutdown goes on regardless
                 log.warning("stopping %s failed: %r", name, exc)
-    if services.store is not None:
+    for close in services.closers:
         try:
-            await asyncio.wait_for(services.store.close(), 5)
+            await asyncio.wait_for(close(), 5)
         except (TimeoutError, Exception) as exc:  # noqa: BLE001
             log.warning("closing the event log failed: %r", exc)
 
@@ -424,8 +422,8 @@ def boot_ctx(announce: Any = None, manage_ray: bool = True) -> Any:
                     if not settings.ray_address:  # never reap a cluster we only joined
                         start_reaper(info.get("session_dir", ""))
                     # Ray's driver installs its own SIGTERM handler; ours must win
-                    reinstall = app.get("cvops.reinstall_signals")
-                    if callable(reinstall):
+                    reinstall = app.get(REINSTALL_SIGNALS)
+                    if reinstall is not None:
                         reinstall()
                 generated = await start_services(settings, services)
                 secure_data_dir(settings.data_path)  # files an actor elsewhere (RAY_ADDRESS) created

@@ -8,23 +8,38 @@ and each user's stored upload bytes stay under ``CVOPS_MAX_STORED_BYTES_PER_USER
 is a fold of the event log (:func:`apply_storage`: who uploaded which record, of what size), so it
 survives a restart; uploads in progress hold their bytes in memory until their record is in the log.
 The file is committed to the blob store only once the whole body has been read and accepted, so a
-refused upload leaves nothing stored (its rejection event aside)."""
+refused upload leaves nothing stored (its rejection event aside).
+
+Models and datasets share one accept / reject / ``?wait`` path, :func:`handle_upload`; an
+:class:`UploadKind` says what differs (form fields, byte limit, how to wait for the record)."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 import time
-from collections.abc import Collection
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from cvops.blobs import BlobRef, BlobStore, BlobWriter
-from cvops.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType, ValidationFailed
-from cvops.events.schema import Envelope
+from cvops.config import Settings
+from cvops.errors import BadRequest, CvopsError, PayloadTooLarge, UnsupportedMediaType, ValidationFailed
+from cvops.events.projection import Projection
+from cvops.events.schema import Envelope, UploadRejected
+from cvops.events.store import Store
+from cvops.platform.bodies import json_response
+from cvops.platform.context import principal, query_bool
+from cvops.platform.keys import SERVICES, SETTINGS
+
+if TYPE_CHECKING:
+    from cvops.actors.registry import Registry
 
 FIELD_LIMIT = 64 * 1024  # one non-file field
 FIELDS_LIMIT = 64 * 1024  # all the non-file fields of one upload together
@@ -42,8 +57,6 @@ def default_name(filename: str, fallback: str) -> str:
 
 def check_name(name: str) -> str:
     """Display names of models and datasets: 1-128 letters, digits, spaces or ``._:+-``."""
-    from cvops.errors import ValidationFailed
-
     if not NAME.fullmatch(name):
         raise ValidationFailed("name must be 1-128 letters, digits, spaces or ._:+-", {"field": "name"})
     return name
@@ -127,31 +140,27 @@ class Hold:
         self.quota.holds.discard(self)
 
 
-class UploadQuota:
-    """Per-user stored upload bytes: the fold of the log plus the holds of uploads in progress."""
+class UploadQuota(Projection[StorageState]):
+    """Per-user stored upload bytes: the fold of the log plus the holds of uploads in progress.  The
+    gateway keeps one under :data:`UPLOAD_QUOTA`."""
 
-    def __init__(self, store: object, limit: int, blobs: BlobStore) -> None:
-        self.store = store
+    def __init__(self, store: Store, limit: int, blob_root: Path) -> None:
+        super().__init__(store, apply_storage, StorageState(), types=STORAGE_TYPES)
         self.limit = limit
-        self.blobs = blobs
-        self.state = StorageState()
+        self.blob_root = blob_root
         self.holds: set[Hold] = set()
-        self.lock = asyncio.Lock()
 
-    async def catch_up(self) -> None:
-        async with self.lock:
-            while True:
-                envs = await self.store.read(  # type: ignore[attr-defined]
-                    after=self.state.seq, limit=5000, types=list(STORAGE_TYPES)
-                )
-                if not envs:
-                    break
-                for env in envs:
-                    apply_storage(self.state, env)
+    @functools.cached_property
+    def blobs(self) -> BlobStore:
+        return BlobStore(self.blob_root)
+
+    async def catch_up(self) -> StorageState:
+        state = await super().catch_up()
         now = time.monotonic()
         for h in list(self.holds):
             if h.sha256 and (h.expires < now or self._recorded(h) or not self.blobs.exists(h.sha256)):
                 self.holds.discard(h)  # its record is counted, or it was refused and its file removed
+        return state
 
     def _recorded(self, h: Hold) -> bool:
         return any(r.user == h.user and r.sha256 == h.sha256 for r in self.state.records.values())
@@ -175,19 +184,7 @@ class UploadQuota:
         return h
 
 
-def upload_quota(request: web.Request) -> UploadQuota:
-    """The gateway's one :class:`UploadQuota` (made on first use, rebuilt from the log)."""
-    from cvops.platform.keys import SERVICES, SETTINGS
-
-    services = request.app[SERVICES]
-    quota = services.extra.get("upload_quota")
-    if not isinstance(quota, UploadQuota):
-        settings = request.app[SETTINGS]
-        quota = UploadQuota(
-            services.need("store"), settings.max_stored_bytes_per_user, BlobStore(settings.blob_root)
-        )
-        services.extra["upload_quota"] = quota
-    return quota
+UPLOAD_QUOTA = web.AppKey("cvops.upload_quota", UploadQuota)
 
 
 HOLD_KEY = "cvops.upload_hold"
@@ -233,14 +230,12 @@ async def read_multipart(
     route's, :func:`known_fields`); the file is committed to ``blobs`` only when all of the body was
     read and accepted.  The user's stored bytes are held (:class:`Hold`, kept on the request) until
     :func:`release_upload`."""
-    from cvops.platform.context import principal
-
     if not request.content_type.startswith("multipart/"):
         raise UnsupportedMediaType(f"expected multipart/form-data, got {request.content_type or 'nothing'}")
     if request.content_length is not None and request.content_length > limit + 1024 * 1024:
         raise PayloadTooLarge(f"upload exceeds the limit of {limit} bytes", {"limit": limit})
     known = frozenset(allowed) if allowed is not None else known_fields(request, file_field)
-    quota = upload_quota(request)
+    quota = request.app[UPLOAD_QUOTA]
     await quota.catch_up()
     hold = quota.reserve(principal(request).username, request.content_length or 0)
     loop = asyncio.get_running_loop()
@@ -312,14 +307,78 @@ async def read_multipart(
     return up
 
 
-async def record_rejection(store: object, kind: str, exc: BaseException, user: str) -> None:
+async def record_rejection(store: Store, kind: str, exc: BaseException, user: str) -> None:
     """An upload refused before it became a record leaves one UploadRejected event, nothing else."""
-    from cvops.errors import CvopsError
-    from cvops.events.schema import UploadRejected
-
     if isinstance(exc, CvopsError):
-        await store.append(  # type: ignore[attr-defined]
+        await store.append(
             "rejections",
             [UploadRejected(kind=kind, reason=exc.message, details={"code": exc.code, **exc.details})],
             user=user,
         )
+
+
+# ------------------------------------------------------------------ accept / reject / ?wait, shared
+
+WAIT_S = 600.0
+Record = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class UploadKind:
+    """What differs between a model and a dataset upload; :func:`handle_upload` does the rest."""
+
+    kind: str  # "model" | "dataset": the UploadRejected kind, "<kind>_rejected", the details key
+    fields: frozenset[str]  # the accepted form fields
+    limit: Callable[[Settings], int]  # the settings' byte limit for the file
+    wait: Callable[[Registry, str, float], Awaitable[Record]]  # (registry, id, timeout) -> record
+    pending_status: int  # ?wait=true answered before the record is ready or failed (the wait ran out)
+
+
+# (registry, upload, blobs, user) -> the new record
+Accept = Callable[["Registry", Upload, BlobStore, str], Awaitable[Record]]
+
+
+async def handle_upload(request: web.Request, kind: UploadKind, accept: Accept) -> web.StreamResponse:
+    """One multipart upload: admitted before the body is read, streamed, then ``accept``-ed into a
+    record.  A refusal at any step leaves one UploadRejected event and no stored file (unless another
+    record holds the same bytes); ``?wait=true`` answers once the record is ready or failed."""
+    services = request.app[SERVICES]
+    registry = services.need_registry()
+    who = principal(request)
+    query_bool(request, "wait")  # a bad ?wait= is refused before anything is stored
+    blobs = BlobStore(request.app[SETTINGS].blob_root)
+    limit = kind.limit(request.app[SETTINGS])
+    try:
+        up = await read_multipart(request, blobs, limit, allowed=kind.fields)
+    except Exception as exc:
+        await record_rejection(services.need_store(), kind.kind, exc, who.username)
+        raise
+    assert up.blob is not None
+    try:
+        record = await accept(registry, up, blobs, who.username)
+    except Exception as exc:
+        await registry.release_blob(up.blob.sha256)  # unless another record uses the same bytes
+        await record_rejection(services.need_store(), kind.kind, exc, who.username)
+        raise
+    finally:
+        release_upload(request)  # the record (or the released file) now speaks for these bytes
+    return await reply_record(request, kind, record)
+
+
+async def reply_record(request: web.Request, kind: UploadKind, record: Record) -> web.StreamResponse:
+    """202 with the new record; with ``?wait=true`` the record once ready (200) or failed (422)."""
+    if not query_bool(request, "wait"):
+        return json_response(record, status=202)
+    record = await kind.wait(request.app[SERVICES].need_registry(), record["id"], WAIT_S)
+    if record["status"] == "failed":
+        return json_response(
+            {
+                "error": {
+                    "code": f"{kind.kind}_rejected",
+                    "message": record.get("error") or f"{kind.kind} rejected",
+                    "details": {kind.kind: record, **(record.get("error_details") or {})},
+                }
+            },
+            status=422,
+        )
+    return json_response(record, status=200 if record["status"] == "ready" else kind.pending_status)

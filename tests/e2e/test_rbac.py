@@ -11,7 +11,7 @@ import pytest
 from cvops.config import load_settings
 from cvops.platform.app import make_app
 from cvops.platform.keys import ROUTE_SPECS
-from cvops.platform.routes import all_routes
+from cvops.platform.table import all_routes
 from tests.e2e.conftest import Live
 from tests.e2e.server import request
 

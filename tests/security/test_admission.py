@@ -502,7 +502,7 @@ async def test_stored_bytes_are_a_fold_of_the_sqlite_log(tmp_path: Path) -> None
                                  sha256=sha, bytes=size)  # fmt: skip
             await log.append(f"dataset-d{i}", [ds], 0, user=user)
         await log.append("dataset-d2", [DatasetRejected(dataset_id="d2", reason="bad")], 1)
-        quota = UploadQuota(log, 1000, blobs)
+        quota = UploadQuota(log, 1000, blobs.root)
         await quota.catch_up()
         assert (quota.used("quinn"), quota.used("ed")) == (900, 900)
         with pytest.raises(PayloadTooLarge) as err:
@@ -517,7 +517,7 @@ async def test_stored_bytes_are_a_fold_of_the_sqlite_log(tmp_path: Path) -> None
         await log.append("model-m1", [ModelDeleted(model_id="m1")], 1, user="admin")
         await quota.catch_up()
         assert quota.used("quinn") == 200
-        again = UploadQuota(log, 1000, blobs)  # rebuilt from the log alone
+        again = UploadQuota(log, 1000, blobs.root)  # rebuilt from the log alone
         await again.catch_up()
         assert again.state == quota.state
 

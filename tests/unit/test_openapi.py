@@ -16,12 +16,12 @@ from openapi_spec_validator.validation.exceptions import OpenAPIValidationError
 from cvops.errors import ValidationFailed
 from cvops.platform.auth import check_password, check_username
 from cvops.platform.openapi import build_openapi
-from cvops.platform.routes import all_routes
+from cvops.platform.table import all_routes
 
 
 @pytest.fixture(scope="module")
 def spec() -> dict[str, Any]:
-    return build_openapi()
+    return build_openapi(all_routes())
 
 
 def _schema(spec: dict[str, Any], ref_or_schema: dict[str, Any]) -> jsonschema_rs.Draft202012Validator:

@@ -1,0 +1,32 @@
+"""The route table: every route of the gateway, gathered from the ``ROUTES`` of each ``api_*`` module."""
+
+from __future__ import annotations
+
+from cvops.platform import (
+    api_datasets,
+    api_deployments,
+    api_docs,
+    api_events,
+    api_jobs,
+    api_models,
+    api_packages,
+    api_system,
+    api_users,
+)
+from cvops.platform.routes import Route
+
+MODULES = (
+    api_system,
+    api_docs,
+    api_users,
+    api_events,
+    api_models,
+    api_datasets,
+    api_jobs,
+    api_deployments,
+    api_packages,
+)
+
+
+def all_routes() -> list[Route]:
+    return [route for mod in MODULES for route in mod.ROUTES]
