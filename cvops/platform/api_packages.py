@@ -132,8 +132,10 @@ async def create_package(request: web.Request) -> web.StreamResponse:
         bytes=ref.bytes,
         manifest=manifest,
     )
-    await services.need_store().append(f"package-{pkg_id}", [event], 0, user=principal(request).username)
-    rec = (await packages.catch_up()).packages[pkg_id]
+    envs = await services.need_store().append(
+        f"package-{pkg_id}", [event], 0, user=principal(request).username
+    )
+    rec = (await packages.fold_appended(envs)).packages[pkg_id]
     return json_response(msgspec.to_builtins(rec), status=201)
 
 

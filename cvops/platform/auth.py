@@ -220,8 +220,7 @@ class Authenticator:
         await self.users.catch_up()
 
     async def _append(self, name: str, events: list[Event], expected: int | None, by: str) -> None:
-        await self.store.append(f"user-{name}", events, expected, user=by)
-        await self.catch_up()
+        await self.users.fold_appended(await self.store.append(f"user-{name}", events, expected, user=by))
 
     async def _version(self, name: str) -> int:
         return await self.store.stream_version(f"user-{name}")

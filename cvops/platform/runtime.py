@@ -28,7 +28,6 @@ from cvops.actors.eventlog import EventStore
 from cvops.config import Settings
 from cvops.errors import CvopsError, StartupFailed
 from cvops.events.sqlite_reader import ReadThroughStore
-from cvops.events.store import Store
 from cvops.platform.auth import Authenticator, load_or_create_secret
 from cvops.platform.keys import REINSTALL_SIGNALS, SERVICES, SETTINGS
 from cvops.platform.services import Services
@@ -299,7 +298,7 @@ async def start_services(settings: Settings, services: Services) -> str | None:
     await writer.ping()  # the actor has opened (created) the file: the read side can open it now
     # the gateway reads the file through aiosqlite; the actor stays the only writer
     # (CVOPS_EVENT_READS=actor reads through the actor as before: for scripts/bench_event_reads.py)
-    store: Store = writer
+    store: EventStore | ReadThroughStore = writer
     if os.environ.get("CVOPS_EVENT_READS", "sqlite") != "actor":
         store = await ReadThroughStore.open(settings.db_path, writer)
     services.store = store

@@ -76,7 +76,7 @@ class BootedStore:
         user: str = "",
         correlation_id: str = "",
         causation_id: str = "",
-    ) -> list[int]:
+    ) -> list[Envelope]:
         return await self.services.need_store().append(
             stream,
             events,
