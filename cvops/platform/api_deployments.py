@@ -17,9 +17,6 @@ from cvops.serving import Admission, BatchingRouter
 
 IMAGE_TYPES = ("image/jpeg", "image/png")
 VIDEO_TYPES = ("video/mp4",)
-_BY_CODE: dict[str, type[E.CvopsError]] = {
-    cls.code: cls for cls in vars(E).values() if isinstance(cls, type) and issubclass(cls, E.CvopsError)
-}
 
 
 class DeploymentRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -128,8 +125,7 @@ async def predict(request: web.Request) -> web.StreamResponse:
         result = await router.submit((body, ctype, top_k), admission)
         err = result.get("error") if isinstance(result, dict) else None
         if err:
-            cls = _BY_CODE.get(err.get("code", ""), E.ValidationFailed)
-            raise cls(err.get("message", "prediction failed"), err.get("details") or {})
+            raise E.from_dict(err, status=422)
         return json_response(result)
     except E.CvopsError as exc:
         status = str(exc.status)

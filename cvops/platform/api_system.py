@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from cvops.errors import Unavailable
 from cvops.platform.bodies import Health, json_response
 from cvops.platform.keys import METRICS, ROUTE_SPECS, SERVICES, SETTINGS
 from cvops.platform.middleware import optional_principal
@@ -26,9 +27,7 @@ async def ready(request: web.Request) -> web.StreamResponse:
             # exception text (paths, addresses) is for staff; anonymous callers learn only the state
             if caller is not None and caller.role in STAFF:
                 details["boot_error"] = services.boot_error
-        return json_response(
-            {"error": {"code": "unavailable", "message": message, "details": details}}, status=503
-        )
+        return json_response(Unavailable(message, details).to_dict(), status=503)
     return json_response(Health(status="ready", ready=True))
 
 
