@@ -10,6 +10,8 @@ from aiohttp import web
 
 from cvops.blobs import BlobStore
 from cvops.errors import NotFound, ValidationFailed
+from cvops.ml.sniff import detect_format
+from cvops.ml.spec import PRESET_NAMES, SPECS, TASKS, check_published
 from cvops.platform.bodies import json_response, read_json
 from cvops.platform.context import principal, query_bool
 from cvops.platform.keys import SERVICES, SETTINGS
@@ -108,10 +110,8 @@ async def upload_model(request: web.Request) -> web.StreamResponse:
         name = up.fields.get("name") or default_name(up.filename, "model")
         task = up.fields.get("task", "")
         check_name(name)
-        if task not in ("classification", "detection"):
+        if task not in TASKS:
             raise ValidationFailed("task must be classification or detection", {"field": "task"})
-        from cvops.ml.formats import detect_format
-
         path = blobs.path(up.blob.sha256)
         fmt = await asyncio.get_running_loop().run_in_executor(None, detect_format, path, up.filename)
         labels = parse_labels(up.fields.get("labels"))
@@ -155,15 +155,13 @@ async def _reply(request: web.Request, record: dict[str, Any]) -> web.StreamResp
 
 
 async def create_preset(request: web.Request) -> web.StreamResponse:
-    from cvops.ml.presets import PRESETS, SPECS
-
     query_bool(request, "wait")  # a bad ?wait= is refused before anything is recorded
     body = await read_json(request, PresetRequest, request.app[SETTINGS].max_json_bytes)
     spec = SPECS.get(body.preset)
     if spec is None:
         raise ValidationFailed(
-            f"unknown preset {body.preset!r}; known: {', '.join(PRESETS)}",
-            {"field": "preset", "known": list(PRESETS)},
+            f"unknown preset {body.preset!r}; known: {', '.join(PRESET_NAMES)}",
+            {"field": "preset", "known": list(PRESET_NAMES)},
         )
     if body.num_classes is not None and not 1 <= body.num_classes <= 100_000:
         raise ValidationFailed("num_classes must be 1..100000", {"field": "num_classes"})
@@ -191,9 +189,7 @@ async def create_preset(request: web.Request) -> web.StreamResponse:
         "pretrained": body.pretrained,
     }
     if body.pretrained:
-        from cvops.ml.pretrained import published
-
-        published(body.preset)  # 422 now for a preset without published weights
+        check_published(body.preset)  # 422 now for a preset without published weights
     record = await request.app[SERVICES].need("registry").register(fields, principal(request).username)
     return await _reply(request, record)
 
