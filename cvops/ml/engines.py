@@ -28,19 +28,10 @@ import msgspec
 import numpy as np
 
 from cvops.errors import EngineUnavailable, ValidationFailed
+from cvops.ml.spec import ENGINE_NAMES as ENGINE_NAMES  # the names are data; the engines live here
 
 log = logging.getLogger(__name__)
 
-ENGINE_NAMES: tuple[str, ...] = (
-    "onnxruntime-cpu",
-    "onnxruntime-cpu-int8",
-    "onnxruntime-cuda",
-    "onnxruntime-tensorrt",
-    "tensorrt-fp16",
-    "torch-cpu",
-    "torch-cuda",
-    "torch-cuda-fp16",
-)
 
 NO_TORCH_SOURCE = "no torch source for this model"
 
