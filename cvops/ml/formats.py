@@ -498,7 +498,7 @@ def tensorflow_to_onnx(
 
 def _extract_saved_model(path: Path, dest: Path) -> Path:  # pragma: no cover - the tensorflow path
     """Unzip a SavedModel through the guarded extractor (traversal, links, bombs refused)."""
-    from cvops.ml.datasets import safe_extract
+    from cvops.ml.archives import safe_extract
 
     safe_extract(path, dest, max_total_bytes=MAX_SAVED_MODEL_BYTES)
     pbs = sorted(dest.rglob("saved_model.pb"))
