@@ -52,6 +52,7 @@ from cvops.bench_types import (
     SkippedBatch,
 )
 from cvops.errors import ValidationFailed
+from cvops.ml import parity
 from cvops.ml.engines import NO_TORCH_SOURCE, Engine, TorchModuleFactory, get_engine
 from cvops.ml.spec import ENGINE_NAMES
 
@@ -422,7 +423,7 @@ class _Run:
             if name == self.reference_engine:
                 self.ref_outputs = outs
             if self.ref_outputs is not None:
-                agreement = agreement(self.ref_outputs, outs, self.reference_engine)
+                agreement = parity.agreement(self.ref_outputs, outs, self.reference_engine)
             del outs
             for b in cfg.batch_sizes:
                 skip = ""
