@@ -40,137 +40,45 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import numpy as np
 
+from cvops.bench_types import (
+    Agreement,
+    BatchResult,
+    BenchmarkConfig,
+    BenchmarkResult,
+    EngineResult,
+    LatencyStats,
+    SkippedBatch,
+)
 from cvops.errors import ValidationFailed
-from cvops.ml.engines import ENGINE_NAMES, NO_TORCH_SOURCE, Engine, TorchModuleFactory, get_engine
-from cvops.selection import OBJECTIVES, Constraints
+from cvops.ml import parity
+from cvops.ml.engines import NO_TORCH_SOURCE, Engine, TorchModuleFactory, get_engine
+from cvops.ml.spec import ENGINE_NAMES
 
 log = logging.getLogger(__name__)
+
+__all__ = [
+    "Agreement",
+    "BatchResult",
+    "BenchmarkConfig",
+    "BenchmarkResult",
+    "EngineResult",
+    "LatencyStats",
+    "SkippedBatch",
+    "estimate_memory_mb",
+    "latency_stats",
+    "machine_info",
+    "percentile",
+    "run_benchmark",
+    "throughput_ips",
+]
 
 MIB = 1024 * 1024
 UNSTABLE_CV = 0.1  # like trtexec: coefficient of variation above 10 % flags the run as unstable
 ACTIVATION_FACTOR = 64  # activation memory per image ≈ 64 × its input bytes (CNN rule of thumb)
 PROGRESS_INTERVAL_S = 0.25  # at most ~4 progress callbacks a second (plus start/end of each batch)
 SAMPLE_INTERVAL_S = 0.1
-
-
-# ------------------------------------------------------------------------------------------ structs
-
-
-class LatencyStats(msgspec.Struct, frozen=True, kw_only=True):
-    samples: int
-    min_ms: float
-    mean_ms: float
-    p50_ms: float
-    p90_ms: float
-    p95_ms: float
-    p99_ms: float
-    max_ms: float
-    std_ms: float  # population standard deviation
-    cv: float  # std / mean
-    unstable: bool  # cv > 0.1
-
-
-class Agreement(msgspec.Struct, frozen=True, kw_only=True):
-    reference: str
-    samples: int
-    max_abs_diff: float | None  # None when shapes differ or outputs are not finite (see note)
-    top1_agreement: float  # fraction of samples whose argmax matches the reference
-    note: str = ""
-
-
-class BatchResult(msgspec.Struct, frozen=True, kw_only=True):
-    batch_size: int
-    warmup: int
-    iterations: int  # timed iterations actually run
-    latency: LatencyStats
-    throughput_ips: float  # images per second = batch / mean latency
-    cpu_percent: float
-    peak_rss_mb: float
-    memory_mb: float  # footprint estimate, see module docstring
-    gpu_util_percent: float | None = None
-    gpu_memory_mb: float | None = None  # NVML device memory in use (peak)
-    truncated: bool = False  # stopped early by max_seconds_per_engine or should_stop
-
-
-class SkippedBatch(msgspec.Struct, frozen=True, kw_only=True):
-    batch_size: int
-    reason: str
-
-
-class EngineResult(msgspec.Struct, frozen=True, kw_only=True):
-    engine: str
-    available: bool
-    reason: str = ""
-    device: str = "cpu"
-    build_time_s: float | None = None
-    batches: list[BatchResult] = []
-    skipped_batches: list[SkippedBatch] = []
-    agreement: Agreement | None = None
-
-
-class BenchmarkConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    engines: list[str] = msgspec.field(default_factory=lambda: list(ENGINE_NAMES))
-    batch_sizes: list[int] = msgspec.field(default_factory=lambda: [1, 8])
-    warmup: int = 10
-    iterations: int = 50
-    seed: int = 0
-    max_seconds_per_engine: float | None = 120.0
-    threads: int | None = None
-    constraints: Constraints = msgspec.field(default_factory=Constraints)
-    objective: str = "latency"
-    agreement_samples: int = 4
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> BenchmarkConfig:
-        """Decode a job spec (JSON builtins) and validate it; bad input → ValidationFailed."""
-        try:
-            cfg = msgspec.convert(data, cls)
-        except msgspec.ValidationError as exc:
-            raise ValidationFailed(f"bad benchmark config: {exc}") from exc
-        cfg.validate()
-        return cfg
-
-    def validate(self) -> None:
-        if not self.engines:
-            raise ValidationFailed("engines must not be empty")
-        unknown = [e for e in self.engines if e not in ENGINE_NAMES]
-        if unknown:
-            raise ValidationFailed(f"unknown engines {unknown}", {"known": list(ENGINE_NAMES)})
-        if len(set(self.engines)) != len(self.engines):
-            raise ValidationFailed("engines contains duplicates")
-        if not self.batch_sizes or any(b < 1 or b > 4096 for b in self.batch_sizes):
-            raise ValidationFailed(f"batch_sizes must be 1..4096, got {self.batch_sizes}")
-        if len(set(self.batch_sizes)) != len(self.batch_sizes):
-            raise ValidationFailed("batch_sizes contains duplicates")
-        if not 0 <= self.warmup <= 100_000:
-            raise ValidationFailed(f"warmup must be 0..100000, got {self.warmup}")
-        if not 1 <= self.iterations <= 1_000_000:
-            raise ValidationFailed(f"iterations must be 1..1000000, got {self.iterations}")
-        if self.threads is not None and self.threads < 1:
-            raise ValidationFailed(f"threads must be >= 1, got {self.threads}")
-        if self.max_seconds_per_engine is not None and not self.max_seconds_per_engine > 0:
-            raise ValidationFailed("max_seconds_per_engine must be > 0")
-        if self.objective not in OBJECTIVES:
-            raise ValidationFailed(f"objective must be one of {list(OBJECTIVES)}, got {self.objective!r}")
-        if not 1 <= self.agreement_samples <= 1000:
-            raise ValidationFailed("agreement_samples must be 1..1000")
-        self.constraints.validate()
-
-
-class BenchmarkResult(msgspec.Struct, frozen=True, kw_only=True):
-    results: list[EngineResult]  # one per configured engine, in config order
-    machine: dict[str, Any]
-    config: BenchmarkConfig
-    input_shape: list[int]  # C, H, W
-    reference_engine: str
-    stopped: bool = False  # should_stop() ended the run early
-
-    def event_results(self) -> list[dict[str, Any]]:
-        """``BenchmarkMeasured.results``: one builtins dict per engine."""
-        return [msgspec.to_builtins(r) for r in self.results]
 
 
 # -------------------------------------------------------------------------------------- statistics
@@ -224,48 +132,6 @@ def estimate_memory_mb(model_bytes: int, input_chw: Sequence[int], batch_size: i
     c, h, w = (int(v) for v in input_chw)
     input_bytes = batch_size * c * h * w * 4
     return (model_bytes + ACTIVATION_FACTOR * input_bytes) / MIB
-
-
-def compare_outputs(
-    reference: Sequence[Sequence[np.ndarray]], outputs: Sequence[Sequence[np.ndarray]], reference_name: str
-) -> Agreement:
-    """Agreement of per-sample outputs (each a list of arrays) with the reference's."""
-    samples = len(reference)
-    if samples == 0 or len(outputs) != samples:
-        raise ValidationFailed("compare_outputs needs the same non-zero number of samples")
-    max_diff = 0.0
-    matches = 0
-    note = ""
-    for ref, out in zip(reference, outputs, strict=True):
-        if len(ref) != len(out) or any(a.shape != b.shape for a, b in zip(ref, out, strict=False)):
-            note = (
-                f"output shapes differ from the reference: {[list(a.shape) for a in out]} "
-                f"vs {[list(a.shape) for a in ref]}"
-            )
-            return Agreement(
-                reference=reference_name, samples=samples, max_abs_diff=None, top1_agreement=0.0, note=note
-            )
-        for a, b in zip(ref, out, strict=True):
-            if a.size:
-                diff = float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64))))
-                max_diff = diff if not math.isfinite(diff) else max(max_diff, diff)
-                if not math.isfinite(max_diff):
-                    break
-        if ref and ref[0].size and int(np.argmax(ref[0].reshape(-1))) == int(np.argmax(out[0].reshape(-1))):
-            matches += 1
-        elif ref and not ref[0].size:
-            matches += 1
-    if not math.isfinite(max_diff):
-        return Agreement(
-            reference=reference_name,
-            samples=samples,
-            max_abs_diff=None,
-            top1_agreement=matches / samples,
-            note="outputs are not finite",
-        )
-    return Agreement(
-        reference=reference_name, samples=samples, max_abs_diff=max_diff, top1_agreement=matches / samples
-    )
 
 
 # ------------------------------------------------------------------------------ resource sampling
@@ -557,7 +423,7 @@ class _Run:
             if name == self.reference_engine:
                 self.ref_outputs = outs
             if self.ref_outputs is not None:
-                agreement = compare_outputs(self.ref_outputs, outs, self.reference_engine)
+                agreement = parity.agreement(self.ref_outputs, outs, self.reference_engine)
             del outs
             for b in cfg.batch_sizes:
                 skip = ""

@@ -168,7 +168,30 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: object) -> 
     settings = Settings(**values)  # type: ignore[arg-type]
     if settings.gpu_tokens < 1 or settings.inference_workers < 1 or settings.queue_limit < 1:
         raise ValidationFailed("CVOPS_GPU_TOKENS, CVOPS_INFERENCE_WORKERS and CVOPS_QUEUE_LIMIT must be >= 1")
-    from cvops.gc import parse_keep
-
     parse_keep(settings.keep_checkpoints)  # a bad CVOPS_KEEP_CHECKPOINTS fails at start-up
     return settings
+
+
+# ----------------------------------------------------------------------- checkpoint keep policy
+
+
+class KeepPolicy(msgspec.Struct, frozen=True, kw_only=True):
+    last: int | None  # the newest N kept; None: every checkpoint is kept
+    best: bool  # also the one of the best epoch
+
+
+def parse_keep(text: str) -> KeepPolicy:
+    """``"last,best"`` (default), ``"last"``, ``"all"`` or ``N`` ≥ 1 (the newest N and the best)."""
+    t = text.strip().lower().replace(" ", "")
+    if t == "all":
+        return KeepPolicy(last=None, best=True)
+    if t == "last":
+        return KeepPolicy(last=1, best=False)
+    if set(t.split(",")) == {"last", "best"}:
+        return KeepPolicy(last=1, best=True)
+    if t.isdigit() and int(t) >= 1:
+        return KeepPolicy(last=int(t), best=True)
+    raise ValidationFailed(
+        f"CVOPS_KEEP_CHECKPOINTS={text!r}: use last,best | last | all | a count >= 1",
+        {"env": "CVOPS_KEEP_CHECKPOINTS"},
+    )

@@ -1,6 +1,6 @@
 """The genetic algorithm behind ``evolve`` jobs: pure, seeded, replayable.
 
-A *search space* maps hyperparameter names (fields of :class:`cvops.ml.training.Hyperparameters`) to
+A *search space* maps hyperparameter names (fields of :class:`cvops.ml.hyperparameters.Hyperparameters`) to
 gene specs: ``{"type": "float", "low", "high", "log": bool}``, ``{"type": "int", "low", "high"}`` or
 ``{"type": "choice", "choices": [...]}``.  Generation 0 is sampled; each next generation keeps the
 ``elite`` best genomes and fills the rest with children of tournament-selected parents (uniform
@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from cvops.errors import ValidationFailed
+from cvops.ml.hyperparameters import Hyperparameters
 
 Genome = dict[str, Any]
 Space = dict[str, dict[str, Any]]
@@ -33,8 +34,6 @@ DEFAULT_SPACE: Space = {
 
 def parse_space(raw: Mapping[str, Any] | None) -> Space:
     """Validate a search space (empty or None = :data:`DEFAULT_SPACE`)."""
-    from cvops.ml.training import Hyperparameters
-
     if not raw:
         raw = DEFAULT_SPACE
     allowed = set(Hyperparameters.__struct_fields__)

@@ -27,6 +27,9 @@ from typing import Any
 
 import msgspec
 
+from cvops.config import KeepPolicy as KeepPolicy  # the policy is a setting; gc applies it
+from cvops.config import load_settings
+from cvops.config import parse_keep as parse_keep
 from cvops.errors import CvopsError, ValidationFailed
 from cvops.events.schema import Envelope
 
@@ -37,32 +40,10 @@ DEFAULT_MIN_AGE_S = 3600.0
 # ------------------------------------------------------------------------------------- keep policy
 
 
-class KeepPolicy(msgspec.Struct, frozen=True, kw_only=True):
-    last: int | None  # the newest N kept; None: every checkpoint is kept
-    best: bool  # also the one of the best epoch
-
-
 class KeptCheckpoint(msgspec.Struct, frozen=True, kw_only=True):
     epoch: int
     sha256: str
     best_epoch: int | None = None  # the run's best epoch when this checkpoint was taken
-
-
-def parse_keep(text: str) -> KeepPolicy:
-    """``"last,best"`` (default), ``"last"``, ``"all"`` or ``N`` ≥ 1 (the newest N and the best)."""
-    t = text.strip().lower().replace(" ", "")
-    if t == "all":
-        return KeepPolicy(last=None, best=True)
-    if t == "last":
-        return KeepPolicy(last=1, best=False)
-    if set(t.split(",")) == {"last", "best"}:
-        return KeepPolicy(last=1, best=True)
-    if t.isdigit() and int(t) >= 1:
-        return KeepPolicy(last=int(t), best=True)
-    raise ValidationFailed(
-        f"CVOPS_KEEP_CHECKPOINTS={text!r}: use last,best | last | all | a count >= 1",
-        {"env": "CVOPS_KEEP_CHECKPOINTS"},
-    )
 
 
 def checkpoints_to_discard(kept: Sequence[KeptCheckpoint], policy: KeepPolicy) -> list[KeptCheckpoint]:
@@ -247,8 +228,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 def run(args: argparse.Namespace) -> int:
     """Run ``cvops gc``; returns the exit status."""
     if args.data_dir is None:
-        from cvops.config import load_settings
-
         data_dir = load_settings().data_path
     else:
         data_dir = Path(args.data_dir)

@@ -18,9 +18,9 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from cvops.bench_types import Constraints
 from cvops.errors import BadRequest, ValidationFailed
-from cvops.ml.engines import ENGINE_NAMES
-from cvops.selection import Constraints
+from cvops.ml.spec import ENGINE_NAMES
 
 Id = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")]
 EngineName = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]

@@ -21,7 +21,7 @@ from typing import Any
 
 import msgspec
 
-from cvops.bench import BatchResult, EngineResult
+from cvops.bench_types import BatchResult, EngineResult
 from cvops.errors import ValidationFailed
 from cvops.selection import fmt_num
 

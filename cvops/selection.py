@@ -11,7 +11,7 @@ Rules
 - ``max_memory_mb`` is compared with a batch's ``memory_mb`` (see :mod:`cvops.bench`);
   ``min_top1_agreement`` with the engine's agreement with the reference engine.
 
-Results may be given as :class:`cvops.bench.EngineResult` structs or as their builtins (dicts), so the
+Results may be given as :class:`cvops.bench_types.EngineResult` structs or as their builtins (dicts), so the
 selection can be recomputed from a ``BenchmarkMeasured`` event.  Shuffling the results never changes
 the answer: every ordering used is a total order.
 """
@@ -20,43 +20,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any
 
 import msgspec
 
+from cvops.bench_types import OBJECTIVES, BatchResult, Constraints, EngineResult
 from cvops.errors import ValidationFailed
-
-if TYPE_CHECKING:
-    from cvops.bench import BatchResult, EngineResult
-
-Objective = Literal["latency", "throughput"]
-OBJECTIVES: tuple[str, ...] = ("latency", "throughput")
-
-
-class Constraints(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Every bound is optional; ``None`` means unconstrained."""
-
-    max_p50_ms: float | None = None
-    max_p95_ms: float | None = None
-    max_p99_ms: float | None = None
-    min_throughput: float | None = None  # images/s
-    max_memory_mb: float | None = None
-    min_top1_agreement: float | None = None  # 0..1
-
-    def to_dict(self) -> dict[str, float]:
-        """The set bounds only (the shape of ``EngineSelected.constraints``)."""
-        return {k: float(v) for k, v in msgspec.structs.asdict(self).items() if v is not None}
-
-    def validate(self) -> None:
-        for key, value in msgspec.structs.asdict(self).items():
-            if value is None:
-                continue
-            if not math.isfinite(value) or value < 0:
-                raise ValidationFailed(f"constraint {key} must be a finite number >= 0, got {value}")
-        if self.min_top1_agreement is not None and self.min_top1_agreement > 1:
-            raise ValidationFailed(
-                f"min_top1_agreement is a fraction in [0, 1], got {self.min_top1_agreement}"
-            )
 
 
 class Selection(msgspec.Struct, frozen=True, kw_only=True):
@@ -108,8 +77,6 @@ def violations(batch: BatchResult, agreement_top1: float | None, c: Constraints)
 
 
 def _as_results(results: Sequence[EngineResult | Mapping[str, Any]]) -> list[EngineResult]:
-    from cvops.bench import EngineResult
-
     out: list[EngineResult] = []
     for r in results:
         if isinstance(r, EngineResult):

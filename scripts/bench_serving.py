@@ -311,12 +311,12 @@ def serve_child(args: argparse.Namespace) -> int:
 
             from cvops.actors.common import worker_priority
             from cvops.events.schema import Preprocessing
-            from cvops.ml.inference import OrtRunner, Predictor
+            from cvops.ml.inference import Predictor, cpu_engine
 
             worker_priority()
             pre = msgspec.convert(model["onnx"]["preprocessing"], Preprocessing)
             self.predictor = Predictor(
-                OrtRunner(onnx_path, threads), model["task"], model.get("labels") or [], pre, threads=threads
+                cpu_engine(onnx_path, threads), model["task"], model.get("labels") or [], pre, threads=threads
             )
 
         @serve.batch(max_batch_size=MAX_BATCH, batch_wait_timeout_s=MAX_WAIT_MS / 1000.0)
@@ -450,7 +450,7 @@ def raw_ceiling(onnx: bytes, model: dict[str, Any], jpeg: bytes, duration: float
     import msgspec
 
     from cvops.events.schema import Preprocessing
-    from cvops.ml.inference import OrtRunner, Predictor
+    from cvops.ml.inference import Predictor, cpu_engine
 
     path = tmp / "raw.onnx"
     path.write_bytes(onnx)
@@ -463,7 +463,7 @@ def raw_ceiling(onnx: bytes, model: dict[str, Any], jpeg: bytes, duration: float
     for loops, threads in configs:
         preds = [
             Predictor(
-                OrtRunner(path, threads), model["task"], model.get("labels") or [], pre, threads=threads
+                cpu_engine(path, threads), model["task"], model.get("labels") or [], pre, threads=threads
             )
             for _ in range(loops)
         ]

@@ -53,7 +53,7 @@ import torch
 from torch import nn
 
 from cvops.errors import CvopsError, ValidationFailed
-from cvops.events.schema import Parity, Preprocessing, TensorSpec
+from cvops.events.schema import Preprocessing, TensorSpec
 from cvops.ml import formats
 from cvops.ml.converted import ConversionResult
 from cvops.ml.onnx_export import (
@@ -61,7 +61,7 @@ from cvops.ml.onnx_export import (
     export_onnx,
     pin_output_dims,
 )
-from cvops.ml.presets import CLASSIFICATION, DETECTION, TASKS, build_preset, default_preprocessing
+from cvops.ml.presets import CLASSIFICATION, TASKS, build_preset, default_preprocessing
 
 log = logging.getLogger(__name__)
 
@@ -155,66 +155,8 @@ def parity_inputs(
     return out
 
 
-def _class_scores(a: np.ndarray, task: str) -> np.ndarray:
-    """(items, classes): logits per image, or class scores per anchor for the YOLO head."""
-    if task == DETECTION and a.ndim == 3 and a.shape[1] > 4:
-        return np.asarray(a[:, 4:, :].transpose(0, 2, 1).reshape(-1, a.shape[1] - 4))
-    return np.asarray(a.reshape(a.shape[0], -1))
-
-
-def _top1_counts(ref: np.ndarray, out: np.ndarray, task: str, margin: float) -> tuple[int, int]:
-    """(agreeing, decisive): argmax agreement over the items whose reference top-1 leads by > margin."""
-    r, o = _class_scores(ref, task), _class_scores(out, task)
-    if r.shape[1] < 2:
-        return r.shape[0], r.shape[0]
-    top2 = np.sort(r, axis=1)[:, -2:]
-    decisive = (top2[:, 1] - top2[:, 0]) > margin
-    agree = r.argmax(axis=1) == o.argmax(axis=1)
-    return int((agree & decisive).sum()), int(decisive.sum())
-
-
-def compare_outputs(
-    refs: list[np.ndarray],
-    outs: list[np.ndarray],
-    task: str,
-    samples: int,
-    atol: float = ATOL,
-    rtol: float = RTOL,
-) -> tuple[Parity, float]:
-    """(Parity, max relative diff) between reference and candidate outputs (one array per batch)."""
-    diff = 0.0
-    scale = 0.0
-    score_diff = 0.0
-    agree = 0
-    total = 0
-    for r, o in zip(refs, outs, strict=True):
-        r64 = r.astype(np.float64)
-        o64 = o.astype(np.float64)
-        if r64.shape != o64.shape:
-            raise ValidationFailed(
-                "the ONNX output shape differs from the source model's",
-                {"torch": list(r.shape), "onnx": list(o.shape)},
-            )
-        if not np.isfinite(o64).all() or not np.isfinite(r64).all():
-            raise ValidationFailed("the model produces NaN or infinite outputs on random input")
-        d = np.abs(r64 - o64)
-        diff = max(diff, float(d.max(initial=0.0)))
-        scale = max(scale, float(np.abs(r64).max(initial=0.0)))
-        if task == DETECTION and r64.ndim == 3 and r64.shape[1] > 4:
-            score_diff = max(score_diff, float(d[:, 4:, :].max(initial=0.0)))
-        a, n = _top1_counts(r64, o64, task, atol)
-        agree += a
-        total += n
-    tolerance = atol + rtol * scale
-    passed = diff <= tolerance and score_diff <= atol
-    parity = Parity(
-        max_abs_diff=diff,
-        top1_agreement=agree / total if total else 1.0,
-        tolerance=tolerance,
-        samples=samples,
-        passed=passed,
-    )
-    return parity, diff / scale if scale > 0 else 0.0
+# the conversion gate is cvops.ml.parity.compare_outputs (numpy only; the benchmark shares its measure)
+from cvops.ml.parity import compare_outputs as compare_outputs  # noqa: E402
 
 
 def _output_classes(outputs: list[TensorSpec], task: str, observed: Sequence[int]) -> int:

@@ -28,19 +28,10 @@ import msgspec
 import numpy as np
 
 from cvops.errors import EngineUnavailable, ValidationFailed
+from cvops.ml.spec import ENGINE_NAMES as ENGINE_NAMES  # the names are data; the engines live here
 
 log = logging.getLogger(__name__)
 
-ENGINE_NAMES: tuple[str, ...] = (
-    "onnxruntime-cpu",
-    "onnxruntime-cpu-int8",
-    "onnxruntime-cuda",
-    "onnxruntime-tensorrt",
-    "tensorrt-fp16",
-    "torch-cpu",
-    "torch-cuda",
-    "torch-cuda-fp16",
-)
 
 NO_TORCH_SOURCE = "no torch source for this model"
 
@@ -204,7 +195,9 @@ class _OrtEngine(Engine):
         super().__init__()
         self._session: Any = None
         self._input_name = ""
+        self._input_dtype: type[np.floating[Any]] = np.float32
         self._tmpdir: Path | None = None
+        self.max_batch: int | None = None  # the model's fixed batch size, None when the axis is dynamic
 
     def _ort_available(self, provider: str, missing: str) -> tuple[bool, str]:
         try:
@@ -241,13 +234,17 @@ class _OrtEngine(Engine):
             raise EngineUnavailable(
                 f"{wanted} could not be initialised (active providers: {active})", {"engine": self.name}
             )
-        self._input_name = self._session.get_inputs()[0].name
+        inp = self._session.get_inputs()[0]
+        self._input_name = inp.name
+        self._input_dtype = np.float16 if inp.type == "tensor(float16)" else np.float32
+        dim0 = inp.shape[0] if inp.shape else None
+        self.max_batch = dim0 if isinstance(dim0, int) and dim0 > 0 else None
 
     def run(self, batch: np.ndarray) -> list[np.ndarray]:
         if self._session is None:
             raise EngineUnavailable(f"{self.name} is not loaded", {"engine": self.name})
-        outputs = self._session.run(None, {self._input_name: batch})
-        return to_float32_outputs(outputs)
+        x = np.ascontiguousarray(batch, dtype=self._input_dtype)  # a float16 model takes float16 input
+        return to_float32_outputs(self._session.run(None, {self._input_name: x}))
 
     def close(self) -> None:
         self._session = None

@@ -15,14 +15,8 @@ ONNX, and a state_dict or a re-saved ``.pt2`` as the torch form): see :func:`sav
 
 from __future__ import annotations
 
-import io
-import json
 import logging
-import math
-import operator
 import re
-import tokenize
-import zipfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -31,7 +25,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from cvops.errors import UnsupportedMediaType, ValidationFailed
+from cvops.errors import ValidationFailed
+from cvops.ml.export_check import (
+    check_graph_targets,
+    check_torch_export_archive,
+    exported_input_shape,
+    load_exported_program,
+)
 from cvops.ml.presets import (
     SPECS,
     build_preset,
@@ -39,133 +39,70 @@ from cvops.ml.presets import (
     load_weights,
 )
 
+# recognised by cvops.ml.sniff; loaded here (callers may name either module)
+from cvops.ml.sniff import (
+    FORMATS,
+    MAX_BATCH,
+    MAX_HW,
+    MIN_HW,
+    ONNX,
+    STATE_DICT,
+    TENSORFLOW,
+    TF_MISSING,
+    TORCH_EXPORT,
+    TORCH_FORMATS,
+    TORCHSCRIPT,
+    TORCHSCRIPT_REFUSED,
+    ULTRALYTICS,
+    detect_format,
+    labels_for,
+    validate_input_shape,
+    zip_names,
+)
+
 log = logging.getLogger(__name__)
 
-ONNX = "onnx"
-TORCHSCRIPT = "torchscript"
-TORCH_EXPORT = "torch_export"
-STATE_DICT = "state_dict"
-TENSORFLOW = "tensorflow"
-ULTRALYTICS = "ultralytics"
-# what an upload may be; TORCHSCRIPT is recognised only to be refused (older records may still name it)
-FORMATS = (ONNX, TORCH_EXPORT, STATE_DICT, ULTRALYTICS, TENSORFLOW)
-TORCH_FORMATS = (TORCH_EXPORT, STATE_DICT, ULTRALYTICS)
+__all__ = [
+    "FORMATS",
+    "LoadedTorch",
+    "MAX_BATCH",
+    "MAX_HW",
+    "MAX_SAVED_MODEL_BYTES",
+    "MIN_HW",
+    "ONNX",
+    "STATE_DICT",
+    "TENSORFLOW",
+    "TF_MISSING",
+    "TORCHSCRIPT",
+    "TORCHSCRIPT_REFUSED",
+    "TORCHVISION_HEADS",
+    "TORCH_EXPORT",
+    "TORCH_FORMATS",
+    "ULTRALYTICS",
+    "ULTRALYTICS_ALLOWED",
+    "UltralyticsCheckpoint",
+    "check_graph_targets",
+    "check_onnx",
+    "check_torch_export_archive",
+    "detect_format",
+    "exported_input_shape",
+    "infer_num_classes",
+    "known_archs",
+    "labels_for",
+    "load_exported_program",
+    "load_state_dict_model",
+    "load_torch_model",
+    "load_torch_source",
+    "load_ultralytics_model",
+    "read_ultralytics_checkpoint",
+    "save_torch_form",
+    "tensorflow_available",
+    "tensorflow_to_onnx",
+    "torchvision_archs",
+    "validate_input_shape",
+]
 
-TORCHSCRIPT_REFUSED = (
-    "TorchScript is not accepted: a TorchScript archive is code (its __setstate__ and methods run when "
-    "it is loaded), and cvops never runs uploaded code. Send the same model as ONNX "
-    "(torch.onnx.export(model, x, 'model.onnx')), as a torch.export archive "
-    "(torch.export.save(torch.export.export(model, (x,)), 'model.pt2')) or as a state_dict "
-    "(torch.save(model.state_dict(), 'model.pt')) with the form field arch=<architecture>"
-)
-
-TF_MISSING = (
-    "TensorFlow models need TensorFlow and tf2onnx, which are not installed: pip install 'cvops[tensorflow]'"
-)
-
-_EXTENSIONS = {
-    ".onnx": ONNX,
-    ".pt2": TORCH_EXPORT,
-    ".pt": STATE_DICT,
-    ".pth": STATE_DICT,
-    ".bin": STATE_DICT,
-    ".ts": TORCHSCRIPT,
-    ".torchscript": TORCHSCRIPT,
-    ".jit": TORCHSCRIPT,
-    ".keras": TENSORFLOW,
-    ".h5": TENSORFLOW,
-    ".hdf5": TENSORFLOW,
-}
-
-# ------------------------------------------------------------------------------------- input shape
-
-MIN_HW, MAX_HW = 8, 4096
-MAX_BATCH = 4096
-
-
-def validate_input_shape(shape: object) -> list[int]:
-    """``[N or -1, C, H, W]``: 4 ints, C in 1..4, H and W in 8..4096, N in 1..4096 or -1 (dynamic)."""
-    if not isinstance(shape, (list, tuple)) or len(shape) != 4:
-        raise ValidationFailed("input_shape must be 4 integers [N, C, H, W]", {"input_shape": _short(shape)})
-    if not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
-        raise ValidationFailed("input_shape must be 4 integers [N, C, H, W]", {"input_shape": _short(shape)})
-    n, c, h, w = (int(d) for d in shape)
-    if not (n == -1 or 1 <= n <= MAX_BATCH):
-        raise ValidationFailed(
-            f"input_shape batch must be -1 or 1..{MAX_BATCH}", {"input_shape": list(shape)}
-        )
-    if not 1 <= c <= 4:
-        raise ValidationFailed("input_shape channels must be in 1..4", {"input_shape": list(shape)})
-    if not (MIN_HW <= h <= MAX_HW and MIN_HW <= w <= MAX_HW):
-        raise ValidationFailed(
-            f"input_shape height and width must be in {MIN_HW}..{MAX_HW}", {"input_shape": list(shape)}
-        )
-    return [n, c, h, w]
-
-
-def _short(v: object) -> str:
-    return repr(v)[:200]
-
-
-# --------------------------------------------------------------------------------------- detection
-
-
-def _zip_names(path: Path) -> list[str] | None:
-    try:
-        with zipfile.ZipFile(path) as z:
-            return z.namelist()
-    except (zipfile.BadZipFile, OSError, ValueError):
-        return None
-
-
-def detect_format(path: Path | str, filename: str = "") -> str:
-    """Format of an uploaded file by its magic bytes (and, where bytes are not telling, its extension).
-
-    The content wins over the name: a pickle called ``model.onnx`` is a ``state_dict`` upload (and is then
-    refused by the weights-only loader).
-    """
-    p = Path(path)
-    ext = PurePosixPath(filename or p.name).suffix.lower()
-    with open(p, "rb") as f:
-        head = f.read(16)
-    if not head:
-        raise ValidationFailed("the model file is empty")
-    if head.startswith(b"PK\x03\x04") or head.startswith(b"PK\x05\x06"):
-        names = _zip_names(p)
-        if names is None:
-            raise ValidationFailed("the model file is a corrupt zip archive")
-        rels = {n.split("/", 1)[1] if "/" in n else n for n in names}
-        if any(r == "constants.pkl" or r.startswith("code/") or r.endswith(".debug_pkl") for r in rels):
-            raise ValidationFailed(TORCHSCRIPT_REFUSED, {"format": TORCHSCRIPT, "filename": filename})
-        if "archive_format" in rels or any(r.startswith("models/") and r.endswith(".json") for r in rels):
-            return TORCH_EXPORT
-        if "data.pkl" in rels:
-            return ULTRALYTICS if _pickle_names_ultralytics(p, names) else STATE_DICT
-        if any(PurePosixPath(n).name == "saved_model.pb" for n in names) or ext == ".keras":
-            return TENSORFLOW
-        if {"config.json", "metadata.json"} <= rels or "model.weights.h5" in rels:
-            return TENSORFLOW
-        raise UnsupportedMediaType(
-            "unrecognised zip archive: expected a torch.export archive (.pt2), a torch.save state_dict, "
-            "an Ultralytics checkpoint or a TensorFlow model",
-            {"filename": filename},
-        )
-    if head.startswith(b"\x89HDF\r\n\x1a\n"):
-        return TENSORFLOW
-    if head[0] == 0x80 and len(head) > 1 and 2 <= head[1] <= 5:  # pickle protocol 2..5 (legacy torch.save)
-        return STATE_DICT
-    if ext in _EXTENSIONS:
-        if _EXTENSIONS[ext] == TORCHSCRIPT:
-            raise ValidationFailed(TORCHSCRIPT_REFUSED, {"format": TORCHSCRIPT, "filename": filename})
-        return _EXTENSIONS[ext]
-    if head[0] == 0x08:  # protobuf field 1 (ir_version), varint: how every ONNX file starts
-        return ONNX
-    raise UnsupportedMediaType(
-        "unrecognised model format: upload .onnx, a torch.export .pt2, a .pt/.pth state_dict, an "
-        "Ultralytics checkpoint or a TensorFlow model",
-        {"filename": filename},
-    )
-
+MAX_SAVED_MODEL_BYTES = 8 << 30  # a zipped SavedModel may unpack to at most 8 GiB
 
 # -------------------------------------------------------------------------------------------- ONNX
 
@@ -317,247 +254,6 @@ def load_state_dict_model(
     return module.eval(), nc
 
 
-# ----------------------------------------------------------------------------------- torch.export
-
-_PT2_TEXT = {"archive_format", "archive_version", "byteorder", ".data/version", ".data/serialization_id"}
-_OPAQUE_PREFIXES = ("custom_obj_", "opaque_obj_")
-
-_SYMPY_NAMES = frozenset(
-    {
-        "Symbol", "Integer", "Rational", "Float", "Add", "Mul", "Pow", "Max", "Min", "Abs", "Mod",
-        "Eq", "Ne", "Lt", "Le", "Gt", "Ge", "StrictLessThan", "LessThan", "StrictGreaterThan",
-        "GreaterThan", "Equality", "Unequality", "And", "Or", "Not", "Piecewise", "ExprCondPair",
-        "BooleanTrue", "BooleanFalse", "true", "false", "True", "False", "None", "oo", "zoo", "nan",
-        "Infinity", "NegativeInfinity", "IntInfinity", "NegativeIntInfinity", "int_oo",
-        "positive", "negative", "integer", "real", "nonnegative", "nonpositive", "finite", "zero",
-        "FloorDiv", "ModularIndexing", "Where", "PythonMod", "CleanDiv", "CeilToInt", "FloorToInt",
-        "CeilDiv", "LShift", "RShift", "PowByNatural", "FloatPow", "FloatTrueDiv", "IntTrueDiv",
-        "IsNonOverlappingAndDenseIndicator", "TruncToFloat", "TruncToInt", "RoundToInt",
-        "RoundDecimal", "ToFloat", "Identity", "floor", "ceiling", "sqrt",
-    }
-)  # fmt: skip
-_GUARD_NAMES = frozenset(
-    {"L", "size", "stride", "storage_offset", "dim", "math", "isnan", "inf", "and", "or", "not",
-     "True", "False", "None", "is", "in"}
-)  # fmt: skip
-_SYMBOL = re.compile(r"^[a-z]{1,8}\d+$")
-_SAFE_OPS = frozenset({"(", ")", ",", "+", "-", "*", "/", "//", "%", "**", "<", ">", "<=", ">=", "==", "!=",
-                       "=", "[", "]", ".", "&", "|", "~"})  # fmt: skip
-
-
-def _check_expression(text: str, names: frozenset[str], what: str, allow_brackets: bool) -> None:
-    """Only whitelisted names, symbol names, numbers, string literals and arithmetic operators."""
-    try:
-        toks = list(tokenize.generate_tokens(io.StringIO(text).readline))
-    except (tokenize.TokenError, IndentationError, SyntaxError) as exc:
-        raise ValidationFailed(f"torch.export archive has a malformed {what}", {what: text[:200]}) from exc
-    for tok in toks:
-        if tok.type in (tokenize.NEWLINE, tokenize.NL, tokenize.ENDMARKER, tokenize.NUMBER):
-            continue
-        if tok.type == tokenize.NAME and (tok.string in names or _SYMBOL.match(tok.string)):
-            continue
-        if tok.type == tokenize.STRING and re.fullmatch(r"'[\w.]{0,100}'|\"[\w.]{0,100}\"", tok.string):
-            continue
-        if tok.type == tokenize.OP and tok.string in _SAFE_OPS:
-            if tok.string in ("[", "]", ".") and not allow_brackets:
-                break
-            continue
-        raise ValidationFailed(
-            f"torch.export archive refused: its {what} is not plain arithmetic (it would be evaluated as "
-            "Python code on load)",
-            {what: text[:200], "token": tok.string[:50]},
-        )
-    else:
-        return
-    raise ValidationFailed(f"torch.export archive refused: unexpected syntax in {what}", {what: text[:200]})
-
-
-def _walk_json(obj: Any, key: str = "") -> Iterator[tuple[str, Any]]:
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            yield k, v
-            yield from _walk_json(v, k)
-    elif isinstance(obj, list):
-        for v in obj:
-            yield from _walk_json(v, key)
-
-
-def _check_model_json(data: bytes, name: str) -> None:
-    try:
-        doc = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ValidationFailed("torch.export archive has a corrupt program", {"member": name}) from exc
-    if not isinstance(doc, dict):
-        raise ValidationFailed("torch.export archive has a corrupt program", {"member": name})
-    for guard in doc.get("guards_code") or []:
-        if not isinstance(guard, str):
-            raise ValidationFailed("torch.export archive has corrupt guards", {"member": name})
-        _check_expression(guard, _GUARD_NAMES, "guard", allow_brackets=True)
-    for sym in (doc.get("range_constraints") or {}).keys():
-        if not _SYMBOL.match(sym):
-            raise ValidationFailed("torch.export archive refused: bad symbol name", {"symbol": str(sym)[:80]})
-    for key, value in _walk_json(doc):
-        if key == "expr_str":
-            if not isinstance(value, str):
-                raise ValidationFailed("torch.export archive has a corrupt expression", {"member": name})
-            _check_expression(value, _SYMPY_NAMES, "symbolic expression", allow_brackets=False)
-        elif key == "target" and isinstance(value, str) and value:
-            if not re.fullmatch(
-                r"(torch\.ops\.[\w.]+|_operator\.\w+|math\.\w+|torch\.sym_\w+|#[\w.:\-]+)", value
-            ):
-                raise ValidationFailed(
-                    "torch.export archive refused: a graph node calls something other than a torch operator",
-                    {"target": value[:200]},
-                )
-
-
-def _check_torch_saved(data: bytes, name: str) -> None:
-    """A nested torch.save blob must load with weights_only=True (no non-torch globals)."""
-    try:
-        torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any failure means torch.export.load would unpickle freely
-        raise ValidationFailed(
-            "torch.export archive refused: it holds pickled Python objects beyond tensors",
-            {"member": name, "reason": str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__},
-        ) from exc
-
-
-def check_torch_export_archive(path: Path | str) -> None:
-    """Refuse ``.pt2`` archives that ``torch.export.load`` could not open without running foreign code.
-
-    Every member must be one of the documented PT2 parts; pickled payloads (sample inputs, pickled
-    weights/constants) must load with ``weights_only=True``; opaque/custom objects, compiled code
-    (AOTInductor, ExecuTorch) and the pre-2.8 archive layout are refused; symbolic expressions and guard
-    code in the program JSON (both evaluated by torch as Python source) must be plain arithmetic over
-    whitelisted names, and every node target must be a torch operator.
-    """
-    try:
-        z = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise ValidationFailed("not a valid torch.export archive (corrupt zip)") from exc
-    with z:
-        infos = z.infolist()
-        roots = {i.filename.split("/", 1)[0] for i in infos}
-        if len(roots) != 1 or any("/" not in i.filename for i in infos):
-            raise ValidationFailed("not a torch.export archive (unexpected layout)")
-        members = {i.filename.split("/", 1)[1]: i for i in infos if not i.is_dir()}
-        if members.get("archive_format") is None or z.read(members["archive_format"]).strip() != b"pt2":
-            raise ValidationFailed("not a torch.export archive (archive_format is not pt2)")
-        if "models/model.json" not in members:
-            raise ValidationFailed("torch.export archive has no models/model.json")
-        raw_payloads: set[str] = set()
-        for rel, info in members.items():
-            if re.fullmatch(r"data/(weights|constants)/\w+_(weights|constants)_config\.json", rel):
-                try:
-                    cfg = json.loads(z.read(info)).get("config", {})
-                except (ValueError, AttributeError) as exc:
-                    raise ValidationFailed(
-                        "torch.export archive has a corrupt config", {"member": rel}
-                    ) from exc
-                folder = rel.rsplit("/", 1)[0]
-                for meta in cfg.values():
-                    path_name = str(meta.get("path_name", ""))
-                    if path_name.startswith(_OPAQUE_PREFIXES):
-                        raise ValidationFailed(
-                            "torch.export archive refused: it holds opaque Python objects",
-                            {"member": path_name},
-                        )
-                    if not meta.get("use_pickle", True):
-                        raw_payloads.add(f"{folder}/{path_name}")
-        for rel, info in members.items():
-            if rel in _PT2_TEXT or rel in raw_payloads:
-                continue
-            if re.fullmatch(r"models/\w+\.json", rel):
-                _check_model_json(z.read(info), rel)
-            elif re.fullmatch(r"data/(weights|constants)/\w+_(weights|constants)_config\.json", rel):
-                continue
-            elif re.fullmatch(r"data/(weights|constants|sample_inputs)/[\w.]+", rel):
-                if PurePosixPath(rel).name.startswith(_OPAQUE_PREFIXES):
-                    raise ValidationFailed(
-                        "torch.export archive refused: opaque Python objects", {"member": rel}
-                    )
-                _check_torch_saved(z.read(info), rel)
-            elif rel.startswith("extra/") and not rel.endswith((".so", ".pyd", ".dll", ".dylib")):
-                continue  # extra files are read as strings only
-            else:
-                raise ValidationFailed(
-                    "torch.export archive refused: unexpected member (compiled code or an unknown part)",
-                    {"member": rel[:200]},
-                )
-
-
-_ALLOWED_NAMESPACES = ("aten", "prims", "higher_order")
-_DENIED_OPS = ("from_file", "_load", "save", "_pickle")
-
-
-def check_graph_targets(ep: Any) -> None:
-    """Every ``call_function`` in the (nested) graphs is a torch operator, ``operator``/``math`` or a sym op."""
-    from torch._ops import HigherOrderOperator, OpOverload, OpOverloadPacket
-
-    for gm in ep.graph_module.modules():
-        graph = getattr(gm, "graph", None)
-        if graph is None:
-            continue
-        for node in graph.nodes:
-            if node.op not in ("call_function", "call_method", "call_module"):
-                continue
-            t = node.target
-            if node.op != "call_function":
-                raise ValidationFailed(
-                    "torch.export program refused: unexpected node", {"node": str(node.op)}
-                )
-            if isinstance(t, (OpOverload, OpOverloadPacket)):
-                ns = getattr(t, "namespace", "") or str(t).split(".", 1)[0]
-                if ns not in _ALLOWED_NAMESPACES or any(d in str(t) for d in _DENIED_OPS):
-                    raise ValidationFailed(
-                        "torch.export program refused: operator not allowed", {"op": str(t)}
-                    )
-                continue
-            if isinstance(t, HigherOrderOperator):
-                continue
-            mod = getattr(t, "__module__", None)
-            name = getattr(t, "__name__", "")
-            if (mod in ("_operator", "operator") and getattr(operator, name, None) is t) or (
-                mod == "math" and getattr(math, name, None) is t
-            ):
-                continue
-            if name.startswith("sym_") and getattr(torch, name, None) is t:
-                continue
-            raise ValidationFailed(
-                "torch.export program refused: it calls a non-operator", {"target": str(t)[:200]}
-            )
-
-
-def load_exported_program(path: Path | str) -> Any:
-    """Checked ``torch.export.load``; returns the ``ExportedProgram``."""
-    check_torch_export_archive(path)
-    try:
-        ep = torch.export.load(str(path))
-    except Exception as exc:  # noqa: BLE001 - any failure to deserialise is a bad upload
-        raise ValidationFailed("cannot load the torch.export archive", {"reason": str(exc)[:500]}) from exc
-    check_graph_targets(ep)
-    return ep
-
-
-def exported_input_shape(ep: Any) -> tuple[list[int], bool]:
-    """(example input shape, batch is dynamic) of an ExportedProgram's single image input."""
-    specs = [s for s in ep.graph_signature.input_specs if s.kind.name == "USER_INPUT"]
-    if len(specs) != 1:
-        raise ValidationFailed("the exported program must take exactly one input", {"inputs": len(specs)})
-    node = next(n for n in ep.graph.nodes if n.op == "placeholder" and n.name == specs[0].arg.name)
-    val = node.meta.get("val")
-    if val is None or val.ndim != 4:
-        raise ValidationFailed("the exported program's input must be a 4-D image tensor [N, C, H, W]")
-    dims = list(val.shape)
-    dynamic = not isinstance(dims[0], int)
-    example = ep.example_inputs[0][0].shape if ep.example_inputs and ep.example_inputs[0] else None
-    concrete = [int(example[i]) if example is not None else int(d) for i, d in enumerate(dims)]
-    for d in dims[1:]:
-        if not isinstance(d, int):
-            raise ValidationFailed("only the batch dimension of an exported program may be dynamic")
-    return concrete, dynamic
-
-
 # ------------------------------------------------------------------------------------------ loader
 
 
@@ -635,20 +331,6 @@ ULTRALYTICS_ALLOWED = (
     "torch.nn.modules.pooling.MaxPool2d",
     "torch.nn.modules.linear.Identity",
 )
-_MAX_PICKLE_SCAN = 64 * 1024 * 1024
-
-
-def _pickle_names_ultralytics(path: Path, names: Sequence[str]) -> bool:
-    """Whether a torch.save archive's ``data.pkl`` names an ``ultralytics.`` class (its bytes are read,
-    never unpickled)."""
-    pkl = next((n for n in names if n.count("/") == 1 and n.endswith("/data.pkl")), None)
-    if pkl is None:
-        return False
-    with zipfile.ZipFile(path) as z:
-        info = z.getinfo(pkl)
-        if info.file_size > _MAX_PICKLE_SCAN:
-            return False
-        return b"ultralytics.nn." in z.read(info)
 
 
 def _resolve_globals(names: Sequence[str]) -> list[Any]:
@@ -785,11 +467,11 @@ def tensorflow_to_onnx(
     p = Path(path)
     with open(p, "rb") as f:
         head = f.read(4)
-    names = _zip_names(p) if head.startswith(b"PK") else None
+    names = zip_names(p) if head.startswith(b"PK") else None
     try:
         if names is not None and any(PurePosixPath(n).name == "saved_model.pb" for n in names):
             with tempfile.TemporaryDirectory() as tmp:
-                root = _safe_extract(p, Path(tmp))
+                root = _extract_saved_model(p, Path(tmp))
                 loaded = tf.saved_model.load(str(root))
                 fn = loaded.signatures["serving_default"]
                 spec = list(fn.structured_input_signature[1].values())
@@ -814,22 +496,12 @@ def tensorflow_to_onnx(
         raise ValidationFailed("cannot convert the TensorFlow model", {"reason": str(exc)[:500]}) from exc
 
 
-def _safe_extract(path: Path, dest: Path) -> Path:  # pragma: no cover - used by the tensorflow path
-    with zipfile.ZipFile(path) as z:
-        for info in z.infolist():
-            if _escapes(info.filename) or info.filename.startswith("/"):
-                raise ValidationFailed("zip entry escapes the folder", {"entry": info.filename[:200]})
-        z.extractall(dest)
-    pbs = list(dest.rglob("saved_model.pb"))
+def _extract_saved_model(path: Path, dest: Path) -> Path:  # pragma: no cover - the tensorflow path
+    """Unzip a SavedModel through the guarded extractor (traversal, links, bombs refused)."""
+    from cvops.ml.archives import safe_extract
+
+    safe_extract(path, dest, max_total_bytes=MAX_SAVED_MODEL_BYTES)
+    pbs = sorted(dest.rglob("saved_model.pb"))
+    if not pbs:
+        raise ValidationFailed("the zip archive holds no saved_model.pb")
     return pbs[0].parent
-
-
-def labels_for(num_classes: int, labels: Sequence[str] | None) -> list[str]:
-    if labels is None or len(labels) == 0:
-        return [f"class_{i}" for i in range(num_classes)]
-    if len(labels) != num_classes:
-        raise ValidationFailed(
-            f"{len(labels)} labels given but the model has {num_classes} classes",
-            {"labels": len(labels), "num_classes": num_classes},
-        )
-    return [str(x) for x in labels]

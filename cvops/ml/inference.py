@@ -510,30 +510,14 @@ class Engine(Protocol):
     def run(self, batch: np.ndarray) -> np.ndarray | list[np.ndarray]: ...
 
 
-class OrtRunner:
-    """Minimal onnxruntime engine: ``run(batch) -> first output``; casts to the input's dtype."""
+def cpu_engine(onnx_path: str | Path, threads: int = 1) -> Engine:
+    """The ``onnxruntime-cpu`` engine of :mod:`cvops.ml.engines`, loaded (what a Predictor given a
+    path runs)."""
+    from cvops.ml.engines import get_engine
 
-    def __init__(
-        self, onnx_path: str | Path, threads: int = 1, providers: Sequence[str] | None = None
-    ) -> None:
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = max(1, int(threads))
-        opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3
-        self.session = ort.InferenceSession(
-            str(onnx_path), sess_options=opts, providers=list(providers or ["CPUExecutionProvider"])
-        )
-        inp = self.session.get_inputs()[0]
-        self.input_name: str = inp.name
-        self.input_dtype = np.float16 if inp.type == "tensor(float16)" else np.float32
-        dim0 = inp.shape[0] if inp.shape else None
-        self.max_batch: int | None = dim0 if isinstance(dim0, int) and dim0 > 0 else None
-
-    def run(self, batch: np.ndarray) -> list[np.ndarray]:
-        x = np.ascontiguousarray(batch, dtype=self.input_dtype)
-        return self.session.run(None, {self.input_name: x})  # type: ignore[no-any-return]
+    engine = get_engine("onnxruntime-cpu")
+    engine.load(Path(onnx_path), threads=max(1, int(threads)))
+    return engine
 
 
 def _first_output(out: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
@@ -571,7 +555,7 @@ class Predictor:
     ) -> None:
         if task not in ("classification", "detection"):
             raise ValidationFailed(f"unknown task {task!r}", {"task": task})
-        self.engine: Engine = OrtRunner(engine, threads) if isinstance(engine, (str, Path)) else engine
+        self.engine: Engine = cpu_engine(engine, threads) if isinstance(engine, (str, Path)) else engine
         self.task = task
         self.labels = list(labels)
         self.pre = preprocessing

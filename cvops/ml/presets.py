@@ -25,29 +25,43 @@ from torch import nn
 
 from cvops.errors import ValidationFailed
 from cvops.events.schema import Preprocessing
+from cvops.ml.spec import (
+    CLASSIFICATION,
+    DETECTION,
+    MAX_CLASSES,
+    MAX_IMAGE_SIZE,
+    MIN_IMAGE_SIZE,
+    SPECS,
+    TASKS,
+    PresetSpec,
+    default_labels,
+    default_preprocessing,
+)
 
 log = logging.getLogger(__name__)
 
-CLASSIFICATION = "classification"
-DETECTION = "detection"
-TASKS = (CLASSIFICATION, DETECTION)
-
-MIN_IMAGE_SIZE = 8
-MAX_IMAGE_SIZE = 4096
-MAX_CLASSES = 100_000
-
-
-@dataclass(frozen=True)
-class PresetSpec:
-    """Static facts about a preset (what the gateway can list without building anything)."""
-
-    name: str
-    task: str
-    default_image_size: int
-    default_num_classes: int
-    min_image_size: int = 32
-    multiple_of: int = 1  # image sizes must be a multiple of this (YOLO strides)
-    description: str = ""
+__all__ = [
+    "CLASSIFICATION",
+    "DETECTION",
+    "MAX_CLASSES",
+    "MAX_IMAGE_SIZE",
+    "MIN_IMAGE_SIZE",
+    "PRESETS",
+    "SPECS",
+    "TASKS",
+    "BuiltModel",
+    "PresetSpec",
+    "TinyCNN",
+    "build_preset",
+    "default_labels",
+    "default_preprocessing",
+    "import_ultralytics_tasks",
+    "load_state_dict_file",
+    "load_weights",
+    "parameter_count",
+    "preset_names",
+    "unwrap_state_dict",
+]
 
 
 @dataclass(frozen=True)
@@ -164,29 +178,7 @@ def _torchvision(arch: str) -> Callable[[int, int], nn.Module]:
     return build
 
 
-SPECS: dict[str, PresetSpec] = {
-    "resnet50": PresetSpec("resnet50", CLASSIFICATION, 224, 1000, description="torchvision ResNet-50"),
-    "efficientnet_b0": PresetSpec(
-        "efficientnet_b0", CLASSIFICATION, 224, 1000, description="torchvision EfficientNet-B0"
-    ),
-    "yolov8n": PresetSpec(
-        "yolov8n", DETECTION, 640, 80, min_image_size=64, multiple_of=32, description="ultralytics YOLOv8n"
-    ),
-    "resnet18": PresetSpec("resnet18", CLASSIFICATION, 224, 1000, description="torchvision ResNet-18"),
-    "mobilenet_v3_small": PresetSpec(
-        "mobilenet_v3_small", CLASSIFICATION, 224, 1000, description="torchvision MobileNetV3-Small"
-    ),
-    "tiny_cnn": PresetSpec(
-        "tiny_cnn",
-        CLASSIFICATION,
-        32,
-        10,
-        min_image_size=MIN_IMAGE_SIZE,
-        description="3-layer CNN for quick tests",
-    ),
-}
-
-PRESETS: dict[str, Callable[[int, int], nn.Module]] = {
+PRESETS: dict[str, Callable[[int, int], nn.Module]] = {  # in spec.PRESET_NAMES order
     "resnet50": _torchvision("resnet50"),
     "efficientnet_b0": _torchvision("efficientnet_b0"),
     "yolov8n": _build_yolov8n,
@@ -198,18 +190,6 @@ PRESETS: dict[str, Callable[[int, int], nn.Module]] = {
 
 def preset_names() -> list[str]:
     return list(PRESETS)
-
-
-def default_labels(num_classes: int) -> list[str]:
-    return [f"class_{i}" for i in range(num_classes)]
-
-
-def default_preprocessing(task: str, image_size: int | list[int]) -> Preprocessing:
-    """ImageNet mean/std and a plain resize for classification; letterbox, mean 0, std 1 for detection."""
-    hw = [image_size, image_size] if isinstance(image_size, int) else list(image_size)
-    if task == DETECTION:
-        return Preprocessing(image_size=hw, mean=[0.0, 0.0, 0.0], std=[1.0, 1.0, 1.0], resize="letterbox")
-    return Preprocessing(image_size=hw)
 
 
 def parameter_count(module: nn.Module) -> int:
@@ -339,3 +319,6 @@ def build_preset(
         image_size=size,
         parameter_count=parameter_count(module),
     )
+
+
+assert tuple(PRESETS) == tuple(SPECS)  # every spec has a builder, in the same order

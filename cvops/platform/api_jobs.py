@@ -19,6 +19,9 @@ from cvops.errors import (
 from cvops.events.projection import Projection
 from cvops.events.scheduling import job_stream
 from cvops.events.schema import Envelope
+from cvops.ga import parse_space
+from cvops.jobs_api import decode_job_request, job_spec
+from cvops.ml.hyperparameters import is_default, validate_hyperparameters
 from cvops.platform.bodies import json_response, read_body
 from cvops.platform.context import principal
 from cvops.platform.keys import SERVICES, SETTINGS
@@ -57,9 +60,6 @@ async def _body(request: web.Request) -> bytes:
 
 
 async def submit_job(request: web.Request) -> web.StreamResponse:
-    from cvops.jobs_api import decode_job_request, job_spec
-    from cvops.ml.training import is_default
-
     who = principal(request)
     services = request.app[SERVICES]
     scheduler = services.need_scheduler()
@@ -71,8 +71,6 @@ async def submit_job(request: web.Request) -> web.StreamResponse:
     if kind in ("evolve", "benchmark") and who.role != "admin":
         raise Forbidden(f"only admins may run {kind} jobs", {"required": ["admin"]})
     if kind == "evolve":
-        from cvops.ga import parse_space
-
         parse_space(spec.get("search_space"))
         tokens = request.app[SETTINGS].gpu_tokens
         if tokens < 2:
@@ -82,8 +80,6 @@ async def submit_job(request: web.Request) -> web.StreamResponse:
     if kind == "train" and who.role != "admin" and not is_default(spec.get("hyperparameters") or {}):
         raise Forbidden("engineers may only train with the default hyperparameters", {"required": ["admin"]})
     if kind == "train":
-        from cvops.ml.training import validate_hyperparameters
-
         validate_hyperparameters(spec.get("hyperparameters") or {})
     registry = services.need_registry()
     model = await registry.get(spec["model_id"])

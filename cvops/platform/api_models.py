@@ -10,6 +10,8 @@ from aiohttp import web
 
 from cvops.blobs import BlobStore
 from cvops.errors import NotFound, ValidationFailed
+from cvops.ml.sniff import detect_format
+from cvops.ml.spec import PRESET_NAMES, SPECS, TASKS
 from cvops.platform.bodies import json_response, read_json
 from cvops.platform.context import principal, query_bool
 from cvops.platform.keys import SERVICES, SETTINGS
@@ -98,10 +100,8 @@ async def _accept_model(registry: Registry, up: Upload, blobs: BlobStore, user: 
     name = up.fields.get("name") or default_name(up.filename, "model")
     task = up.fields.get("task", "")
     check_name(name)
-    if task not in ("classification", "detection"):
+    if task not in TASKS:
         raise ValidationFailed("task must be classification or detection", {"field": "task"})
-    from cvops.ml.formats import detect_format
-
     path = blobs.path(up.blob.sha256)
     fmt = await asyncio.get_running_loop().run_in_executor(None, detect_format, path, up.filename)
     labels = parse_labels(up.fields.get("labels"))
@@ -133,15 +133,13 @@ async def upload_model(request: web.Request) -> web.StreamResponse:
 
 
 async def create_preset(request: web.Request) -> web.StreamResponse:
-    from cvops.ml.presets import PRESETS, SPECS
-
     query_bool(request, "wait")  # a bad ?wait= is refused before anything is recorded
     body = await read_json(request, PresetRequest, request.app[SETTINGS].max_json_bytes)
     spec = SPECS.get(body.preset)
     if spec is None:
         raise ValidationFailed(
-            f"unknown preset {body.preset!r}; known: {', '.join(PRESETS)}",
-            {"field": "preset", "known": list(PRESETS)},
+            f"unknown preset {body.preset!r}; known: {', '.join(PRESET_NAMES)}",
+            {"field": "preset", "known": list(PRESET_NAMES)},
         )
     if body.num_classes is not None and not 1 <= body.num_classes <= 100_000:
         raise ValidationFailed("num_classes must be 1..100000", {"field": "num_classes"})

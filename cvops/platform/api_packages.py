@@ -108,7 +108,7 @@ def _build(
 
 
 async def create_package(request: web.Request) -> web.StreamResponse:
-    from cvops.ml.engines import ENGINE_NAMES
+    from cvops.ml.spec import ENGINE_NAMES
 
     body = await read_json(request, PackageRequest, request.app[SETTINGS].max_json_bytes)
     if body.engine not in ENGINE_NAMES:

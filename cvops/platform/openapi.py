@@ -10,7 +10,7 @@ import msgspec
 
 from cvops import __version__
 from cvops.jobs_api import JobRequest
-from cvops.ml.engines import ENGINE_NAMES
+from cvops.ml.spec import ENGINE_NAMES
 from cvops.platform.api_events import MAX_SEQ
 from cvops.platform.api_jobs import REPORT_TYPES
 from cvops.platform.auth import ROLES, USERNAME

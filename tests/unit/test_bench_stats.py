@@ -12,13 +12,13 @@ from cvops.bench import (
     ACTIVATION_FACTOR,
     MIB,
     BenchmarkConfig,
-    compare_outputs,
     estimate_memory_mb,
     latency_stats,
     percentile,
     throughput_ips,
 )
 from cvops.errors import ValidationFailed
+from cvops.ml.parity import agreement
 
 
 def test_stats_of_known_samples() -> None:
@@ -82,17 +82,17 @@ def test_memory_estimate_grows_with_batch() -> None:
 
 def test_compare_outputs() -> None:
     ref = [[np.array([[0.0, 1.0, 0.2]], np.float32)], [np.array([[3.0, 1.0, 0.0]], np.float32)]]
-    same = compare_outputs(ref, ref, "onnxruntime-cpu")
+    same = agreement(ref, ref, "onnxruntime-cpu")
     assert same.max_abs_diff == 0.0 and same.top1_agreement == 1.0 and same.samples == 2
     other = [[np.array([[0.0, 1.0, 0.25]], np.float32)], [np.array([[0.0, 1.0, 0.0]], np.float32)]]
-    a = compare_outputs(ref, other, "onnxruntime-cpu")
+    a = agreement(ref, other, "onnxruntime-cpu")
     assert a.max_abs_diff == pytest.approx(3.0) and a.top1_agreement == 0.5
-    shape = compare_outputs(ref, [[np.zeros((1, 4), np.float32)]] * 2, "onnxruntime-cpu")
+    shape = agreement(ref, [[np.zeros((1, 4), np.float32)]] * 2, "onnxruntime-cpu")
     assert shape.max_abs_diff is None and "shapes differ" in shape.note
-    nan = compare_outputs(ref, [[np.full((1, 3), np.nan, np.float32)]] * 2, "x")
+    nan = agreement(ref, [[np.full((1, 3), np.nan, np.float32)]] * 2, "x")
     assert nan.max_abs_diff is None and "not finite" in nan.note
     with pytest.raises(ValidationFailed):
-        compare_outputs(ref, ref[:1], "x")
+        agreement(ref, ref[:1], "x")
 
 
 def test_config_defaults_and_validation() -> None:

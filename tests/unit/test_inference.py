@@ -15,9 +15,10 @@ from PIL import Image
 from cvops.errors import UnsupportedMediaType, ValidationFailed
 from cvops.events.schema import Preprocessing
 from cvops.ml.inference import (
-    OrtRunner,
+    Engine,
     Predictor,
     Transform,
+    cpu_engine,
     decode_image,
     decode_image_sized,
     decode_video,
@@ -311,7 +312,7 @@ def _tiny_cnn_onnx(path: Path, nc: int = 5, size: int = 32) -> Path:
 
 
 class CountingRunner:
-    def __init__(self, inner: OrtRunner) -> None:
+    def __init__(self, inner: Engine) -> None:
         self.inner = inner
         self.batches: list[int] = []
 
@@ -322,7 +323,7 @@ class CountingRunner:
 
 def test_predictor_classification_batch_with_bad_items(tmp_path: Path) -> None:
     onnx_path = _tiny_cnn_onnx(tmp_path / "tiny.onnx")
-    runner = CountingRunner(OrtRunner(onnx_path, threads=1))
+    runner = CountingRunner(cpu_engine(onnx_path, threads=1))
     labels = ["a", "b", "c", "d", "e"]
     pre = Preprocessing(image_size=[32, 32])
     pred = Predictor(runner, "classification", labels, pre)

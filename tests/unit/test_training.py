@@ -15,6 +15,7 @@ from torch import nn
 
 from cvops.errors import ValidationFailed
 from cvops.events.schema import Preprocessing
+from cvops.ml import train_common
 from cvops.ml import training as tr
 from cvops.ml.datasets import DatasetInfo, validate_dataset
 from cvops.ml.synthetic import digits_dataset, draw_shapes_dataset, yolo_shapes_dataset
@@ -374,7 +375,7 @@ def test_batch_progress_and_output_checks(
     small_shapes: tuple[Path, DatasetInfo], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     root, info = small_shapes
-    monkeypatch.setattr(tr, "BATCH_PROGRESS_INTERVAL_S", 0.0)
+    monkeypatch.setattr(train_common, "BATCH_PROGRESS_INTERVAL_S", 0.0)
     events: list[dict[str, Any]] = []
     hp = {"epochs": 1, "batch_size": 8, "num_workers": 0, "image_size": 16}
     train_classifier(SmallCNN(width=4), root, info, hp, preprocessing=PP32, progress=events.append)
