@@ -155,7 +155,6 @@ def parity_inputs(
     return out
 
 
-# the conversion gate is cvops.ml.parity.compare_outputs (numpy only; the benchmark shares its measure)
 from cvops.ml.parity import compare_outputs as compare_outputs  # noqa: E402
 
 

@@ -11,7 +11,7 @@ from aiohttp import web
 from cvops.blobs import BlobStore
 from cvops.errors import NotFound, ValidationFailed
 from cvops.ml.sniff import detect_format
-from cvops.ml.spec import PRESET_NAMES, SPECS, TASKS
+from cvops.ml.spec import PRESET_NAMES, SPECS, TASKS, check_published
 from cvops.platform.bodies import json_response, read_json
 from cvops.platform.context import principal, query_bool
 from cvops.platform.keys import SERVICES, SETTINGS
@@ -167,9 +167,7 @@ async def create_preset(request: web.Request) -> web.StreamResponse:
         "pretrained": body.pretrained,
     }
     if body.pretrained:
-        from cvops.ml.pretrained import published
-
-        published(body.preset)  # 422 now for a preset without published weights
+        check_published(body.preset)  # 422 now for a preset without published weights
     record = await request.app[SERVICES].need_registry().register(fields, principal(request).username)
     return await reply_record(request, MODEL, record)
 
