@@ -174,3 +174,20 @@ async def test_engine_choices_catch_up_incrementally(log: EventLog) -> None:
     assert store.returned == 6  # only the new selection was read
     assert (await engines.catch_up()).get("m2") is None
     assert store.returned == 6
+
+
+async def test_inference_pool_resolves_engine_auto_from_its_projection(log: EventLog) -> None:
+    from cvops.actors.inference import InferencePool
+    from cvops.config import Settings
+    from cvops.errors import ValidationFailed
+
+    pool = InferencePool(Settings(), log, registry=None)
+    assert await pool._resolve_engine({"id": "m1"}, "torch-cpu") == "torch-cpu"  # named: no lookup
+    with pytest.raises(ValidationFailed):
+        await pool._resolve_engine({"id": "m1"}, "auto")  # no benchmark yet
+    await log.append("job-1", [selected("1", "m1", "onnxruntime-cpu")])
+    await log.append("job-2", [selected("2", "m2", "torch-cpu")])
+    assert await pool._resolve_engine({"id": "m1"}, "auto") == "onnxruntime-cpu"
+    await log.append("job-3", [selected("3", "m1", "openvino-cpu")])
+    assert await pool._resolve_engine({"id": "m1"}, "auto") == "openvino-cpu"
+    assert pool.engines.position == 3
