@@ -31,7 +31,7 @@ from cvops.config import KeepPolicy as KeepPolicy  # the policy is a setting; gc
 from cvops.config import load_settings
 from cvops.config import parse_keep as parse_keep
 from cvops.errors import CvopsError, ValidationFailed
-from cvops.events.schema import Envelope
+from cvops.events.schema import CheckpointSaved, CheckpointsDiscarded, Envelope
 
 _SHA = re.compile(r"^[0-9a-f]{64}$")
 DEFAULT_MIN_AGE_S = 3600.0
@@ -58,6 +58,23 @@ def checkpoints_to_discard(kept: Sequence[KeptCheckpoint], policy: KeepPolicy) -
             keep.add(of_best[-1])
     kept_shas = {kept[i].sha256 for i in keep}
     return [c for i, c in enumerate(kept) if i not in keep and c.sha256 not in kept_shas]
+
+
+KEPT_TYPES = ("CheckpointSaved", "CheckpointsDiscarded")
+
+
+def apply_kept(kept: list[KeptCheckpoint], env: Envelope) -> list[KeptCheckpoint]:
+    """Fold one event of a job's stream into the checkpoints it still keeps (oldest first)."""
+    ev = env.event() if env.type in KEPT_TYPES else None
+    if isinstance(ev, CheckpointSaved):
+        best = ev.metrics.get("best_epoch")
+        kept.append(
+            KeptCheckpoint(epoch=ev.epoch, sha256=ev.sha256, best_epoch=None if best is None else int(best))
+        )
+    elif isinstance(ev, CheckpointsDiscarded):
+        gone = set(ev.sha256s)
+        kept = [c for c in kept if c.sha256 not in gone]
+    return kept
 
 
 # ------------------------------------------------------------------------------------ referenced set

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from functools import partial
 from typing import Any
 
 import ray
@@ -18,6 +19,9 @@ import ray
 from cvops.actors.jobs import JobActor, JobCancelled, JobContext
 from cvops.actors.scheduler_client import SchedulerClient
 from cvops.errors import CvopsError, ValidationFailed
+from cvops.events.job_facts import ENDED_TYPES, TRIAL_TYPES, EndedJobs, Trials, apply_ended, apply_trials
+from cvops.events.projection import SyncProjection
+from cvops.events.scheduling import SCHEDULER_STREAM
 from cvops.events.schema import TrialCompleted
 from cvops.ga import initial_population, next_generation, parse_space
 from cvops.jobs_api import EvolveJob
@@ -32,13 +36,15 @@ def child_id(job_id: str, generation: int, index: int) -> str:
     return f"{job_id[:16]}-g{generation}i{index}"
 
 
-def _finished_trials(ctx: JobContext) -> dict[tuple[int, int], TrialCompleted]:
-    done: dict[tuple[int, int], TrialCompleted] = {}
-    for env in ctx.store.read_stream(ctx.stream):
-        ev = env.event()
-        if isinstance(ev, TrialCompleted):
-            done[(ev.generation, ev.index)] = ev
-    return done
+def _finished_trials(ctx: JobContext) -> Trials:
+    trials: SyncProjection[Trials] = SyncProjection(
+        ctx.store, apply_trials, {}, stream=ctx.stream, types=TRIAL_TYPES
+    )
+    return trials.catch_up()
+
+
+def _stop_or_ended(ctx: JobContext, child_ids: list[str], ended: EndedJobs) -> bool:
+    return ctx.should_stop() or any(c in ended for c in child_ids)
 
 
 def run_evolve_job(ctx: JobContext) -> dict[str, Any]:
@@ -54,6 +60,10 @@ def run_evolve_job(ctx: JobContext) -> dict[str, Any]:
     size, generations, seed = job.population, job.generations, job.seed
     scheduler = SchedulerClient.connect()
     done = _finished_trials(ctx)
+    # the child jobs that ended, kept current from the scheduler's stream (one cursor for the whole run)
+    ended: SyncProjection[EndedJobs] = SyncProjection(
+        ctx.store, apply_ended, {}, stream=SCHEDULER_STREAM, types=ENDED_TYPES
+    )
     population = initial_population(space, size, seed)
     history: list[dict[str, Any]] = []
     best: tuple[float, dict[str, Any], str] | None = None
@@ -82,6 +92,8 @@ def run_evolve_job(ctx: JobContext) -> dict[str, Any]:
             scheduler.submit_child_sync("train", child_spec, f"evolve:{ctx.job_id}", cid, ctx.job_id)
             waiting[i] = cid
         while waiting:
+            # wakes when the log moves (a trial ends at once); the cancel flag is seen within POLL_S
+            ended.wait_until(partial(_stop_or_ended, ctx, list(waiting.values())), POLL_S)
             if ctx.should_stop():
                 for cid in waiting.values():
                     try:
@@ -90,8 +102,11 @@ def run_evolve_job(ctx: JobContext) -> dict[str, Any]:
                         log.debug("trial %s already ended: %s", cid, exc)
                 raise JobCancelled(ctx.job_id)
             for i, cid in list(waiting.items()):
+                if cid not in ended.state:
+                    continue
                 view = scheduler.get_sync(cid)
-                if view["status"] not in TERMINAL:
+                if view["status"] not in TERMINAL:  # not expected: the scheduler folds up to the head first
+                    time.sleep(POLL_S)
                     continue
                 result = view.get("result") or {}
                 fit = float(result.get("best_val_accuracy") or 0.0) if view["status"] == "succeeded" else 0.0
@@ -119,7 +134,6 @@ def run_evolve_job(ctx: JobContext) -> dict[str, Any]:
                     },
                     force=True,
                 )
-            time.sleep(POLL_S)
         for i in range(size):
             if best is None or fitness[i] > best[0]:
                 best = (fitness[i], population[i], child_id(ctx.job_id, gen, i))

@@ -22,7 +22,9 @@ from cvops.actors.common import NAMESPACE, call, worker_priority
 from cvops.config import Settings
 from cvops.errors import Conflict, CvopsError, NotFound, ValidationFailed
 from cvops.events import projections as proj
-from cvops.events.schema import DeploymentCreated, DeploymentDeleted, EngineSelected, Preprocessing
+from cvops.events.job_facts import ENGINE_TYPES, EngineChoices, apply_engine_selected
+from cvops.events.projection import Projection
+from cvops.events.schema import DeploymentCreated, DeploymentDeleted, Preprocessing
 from cvops.events.store import Store
 from cvops.serving import BatchingRouter, WorkerDied
 
@@ -149,26 +151,24 @@ class InferencePool:
         self.settings = settings
         self.store = store
         self.registry = registry
-        self.state = proj.DeploymentsState()
-        self.pos = 0
+        self.deployments: Projection[proj.DeploymentsState] = Projection(
+            store, proj.apply_deployments, proj.DeploymentsState(), prefix="deployment-"
+        )
+        # the engine each model's latest benchmark selected (``engine: auto``), caught up incrementally
+        self.engines: Projection[EngineChoices] = Projection(
+            store, apply_engine_selected, {}, types=ENGINE_TYPES
+        )
         self.live: dict[str, _Deployment] = {}
         self.lock = asyncio.Lock()
-        self.sync_lock = asyncio.Lock()
         self.stats_task: asyncio.Task[None] | None = None
         self.metrics: Any = None
 
-    async def _sync(self) -> None:
-        async with self.sync_lock:
-            await self._sync_locked()
+    @property
+    def state(self) -> proj.DeploymentsState:
+        return self.deployments.state
 
-    async def _sync_locked(self) -> None:
-        while True:
-            envs = await self.store.read(after=self.pos, limit=5000, prefix="deployment-")
-            if not envs:
-                return
-            for env in envs:
-                proj.apply_deployments(self.state, env)
-            self.pos = envs[-1].seq
+    async def _sync(self) -> None:
+        await self.deployments.catch_up()
 
     async def start(self) -> None:
         """Rebuild from the log and bring every active deployment back, with no user action."""
@@ -184,18 +184,7 @@ class InferencePool:
     async def _resolve_engine(self, model: dict[str, Any], engine: str) -> str:
         if engine != "auto":
             return engine
-        store = self.store
-        chosen: str | None = None
-        pos = 0
-        while True:
-            envs = await store.read(after=pos, limit=5000, types=["EngineSelected"])
-            if not envs:
-                break
-            for env in envs:
-                ev = env.event()
-                if isinstance(ev, EngineSelected) and ev.model_id == model["id"] and ev.selected:
-                    chosen = ev.selected
-            pos = envs[-1].seq
+        chosen = (await self.engines.catch_up()).get(model["id"])
         if chosen is None:
             raise ValidationFailed(
                 "engine 'auto' needs a finished benchmark of this model; run a benchmark job first",
@@ -293,12 +282,12 @@ class InferencePool:
         async with self.lock:
             dep = await self._bring_up(rec)  # fails before anything is recorded if the engine cannot load
             try:
-                await self.store.append(deployment_stream(dep_id), [event], 0, user=user)
+                envs = await self.store.append(deployment_stream(dep_id), [event], 0, user=user)
             except BaseException:
                 self.live.pop(dep_id, None)  # not in the log: it must not serve
                 await self._tear_down(dep)
                 raise
-            await self._sync()
+            await self.deployments.fold_appended(envs)
         return self.view(dep_id)
 
     def view(self, dep_id: str) -> dict[str, Any]:
@@ -329,10 +318,10 @@ class InferencePool:
             if rec is None or rec.status == "deleted":
                 raise NotFound(f"no deployment {dep_id!r}", {"deployment_id": dep_id})
             version = await self.store.stream_version(deployment_stream(dep_id))
-            await self.store.append(
+            envs = await self.store.append(
                 deployment_stream(dep_id), [DeploymentDeleted(deployment_id=dep_id)], version, user=user
             )
-            await self._sync()
+            await self.deployments.fold_appended(envs)
             dep = self.live.pop(dep_id, None)
         if dep is not None:
             await self._tear_down(dep)

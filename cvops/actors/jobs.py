@@ -23,6 +23,7 @@ from cvops.actors.eventlog import ACTOR_NAME
 from cvops.blobs import BlobStore
 from cvops.config import Settings
 from cvops.errors import CvopsError
+from cvops.events.projection import SyncProjection
 from cvops.events.scheduling import job_stream
 from cvops.events.schema import (
     CheckpointSaved,
@@ -35,7 +36,7 @@ from cvops.events.schema import (
     type_of,
 )
 from cvops.events.store import appended_envelopes
-from cvops.gc import KeptCheckpoint, checkpoints_to_discard, parse_keep
+from cvops.gc import KEPT_TYPES, KeptCheckpoint, apply_kept, checkpoints_to_discard, parse_keep
 from cvops.jobs_api import BenchmarkJob, EvolveJob, JobRequest, TrainJob
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,9 @@ class JobCancelled(Exception):
 
 
 class SyncStore:
-    """Blocking access to the EventLog actor, for code running in a worker thread."""
+    """Blocking access to the EventLog actor, for code running in a worker thread: a
+    :class:`cvops.events.store.SyncStore`, so a :class:`~cvops.events.projection.SyncProjection` reads
+    through it."""
 
     def __init__(self) -> None:
         self._h = ray.get_actor(ACTOR_NAME, namespace="cvops")
@@ -60,16 +63,25 @@ class SyncStore:
         head: Any = call_sync(self._h.append.remote(stream, items, expected_version, "", "", ""))
         return appended_envelopes(stream, items, head)
 
-    def read_stream(self, stream: str) -> list[Envelope]:
-        out: list[Envelope] = []
-        after = 0
-        while True:
-            data: Any = ray.get(self._h.read.remote(after, 5000, stream, None, None, None))
-            batch = decode_envelopes(data)
-            out.extend(batch)
-            if len(batch) < 5000:
-                return out
-            after = batch[-1].seq
+    def read(
+        self,
+        after: int = 0,
+        limit: int = 1000,
+        stream: str | None = None,
+        prefix: str | None = None,
+        types: Sequence[str] | None = None,
+        until_seq: int | None = None,
+    ) -> list[Envelope]:
+        data: Any = call_sync(
+            self._h.read.remote(
+                after, limit, stream, prefix, list(types) if types is not None else None, until_seq
+            )
+        )
+        return decode_envelopes(data)
+
+    def wait_for(self, after: int, timeout: float) -> int:
+        head: Any = call_sync(self._h.wait_for.remote(after, timeout))
+        return int(head)
 
     def stream_version(self, stream: str) -> int:
         version: Any = ray.get(self._h.stream_version.remote(stream))
@@ -186,20 +198,10 @@ class JobContext:
                 log.warning("could not delete checkpoint blob %s: %s", sha, exc)
 
     def _kept_from_log(self) -> list[KeptCheckpoint]:
-        kept: list[KeptCheckpoint] = []
-        for env in self.store.read_stream(self.stream):
-            ev = env.event()
-            if isinstance(ev, CheckpointSaved):
-                best = ev.metrics.get("best_epoch")
-                kept.append(
-                    KeptCheckpoint(
-                        epoch=ev.epoch, sha256=ev.sha256, best_epoch=None if best is None else int(best)
-                    )
-                )
-            elif isinstance(ev, CheckpointsDiscarded):
-                gone = set(ev.sha256s)
-                kept = [c for c in kept if c.sha256 not in gone]
-        return kept
+        kept: SyncProjection[list[KeptCheckpoint]] = SyncProjection(
+            self.store, apply_kept, [], stream=self.stream, types=KEPT_TYPES
+        )
+        return kept.catch_up()
 
 
 JobBody = Callable[[JobContext], dict[str, Any]]

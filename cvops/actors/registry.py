@@ -7,6 +7,7 @@ take the registry down."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from typing import Any
@@ -17,11 +18,18 @@ import ray
 from cvops.actors.common import NAMESPACE, call, call_sync, get_actor, unwrap
 from cvops.actors.conversion import convert_task
 from cvops.actors.eventlog import EventStore
-from cvops.actors.registry_datasets import TASKS, DatasetRecords
+from cvops.actors.registry_datasets import (
+    REGISTRY_TYPES,
+    TASKS,
+    DatasetRecords,
+    RegistryState,
+    apply_registry,
+)
 from cvops.blobs import BlobStore
 from cvops.config import Settings
 from cvops.errors import ConcurrencyError, Conflict, CvopsError, NotFound, ValidationFailed
 from cvops.events import projections as proj
+from cvops.events.projection import Projection
 from cvops.events.schema import (
     Event,
     ModelConversionStarted,
@@ -57,32 +65,23 @@ class ModelRegistry(DatasetRecords):
         self.settings = settings
         self.store = EventStore.connect()
         self.blobs = BlobStore(settings.blob_root)
-        self.models = proj.ModelsState()
-        self.datasets = proj.DatasetsState()
-        self.pos = 0
-        self.lock = asyncio.Lock()
+        self.records: Projection[RegistryState] = Projection(
+            self.store, apply_registry, RegistryState(), types=REGISTRY_TYPES
+        )
         self.running: dict[str, asyncio.Task[None]] = {}
         self.started = False
         self.start_lock = asyncio.Lock()
         self.conversions = asyncio.Semaphore(max(1, settings.max_conversions))
 
+    @property
+    def models(self) -> proj.ModelsState:
+        return self.records.state.models
+
     async def _sync(self) -> None:
-        async with self.lock:
-            types = sorted(proj.MODEL_TYPES | proj.DATASET_TYPES)
-            while True:
-                envs = await self.store.read(after=self.pos, limit=5000, types=types)
-                if not envs:
-                    return
-                for env in envs:
-                    if env.stream.startswith("model-"):
-                        proj.apply_models(self.models, env)
-                    else:
-                        proj.apply_datasets(self.datasets, env)
-                self.pos = envs[-1].seq
+        await self.records.catch_up()
 
     async def _append(self, stream: str, events: list[Event], expected: int | None, user: str = "") -> None:
-        await self.store.append(stream, events, expected, user=user)
-        await self._sync()
+        await self.records.fold_appended(await self.store.append(stream, events, expected, user=user))
 
     async def start(self) -> int:
         async with self.start_lock:
@@ -244,13 +243,18 @@ class ModelRegistry(DatasetRecords):
         ]
 
     async def wait(self, model_id: str, timeout: float) -> dict[str, Any]:
+        def settled(state: RegistryState) -> bool:
+            m = state.models.models.get(model_id)
+            return m is None or m.status in ("ready", "failed", "deleted")
+
         loop = asyncio.get_running_loop()
         end = loop.time() + timeout
-        while True:
-            m = self._model(model_id)
-            if m.status in ("ready", "failed") or loop.time() >= end:
-                return self._view(m)
-            await asyncio.sleep(0.1)
+        await self.records.wait_until(settled, timeout)
+        task = self.running.get(model_id)
+        if task is not None:  # the conversion's last step, dropping the upload, follows its event
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(task), max(0.0, end - loop.time()))
+        return self._view(self._model(model_id))
 
     async def delete(self, model_id: str, user: str) -> None:
         # a conversion may append to the stream meanwhile: read the current version, retry on a race

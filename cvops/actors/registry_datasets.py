@@ -19,7 +19,8 @@ from cvops.actors.eventlog import EventStore
 from cvops.config import Settings
 from cvops.errors import CvopsError, NotFound, ValidationFailed
 from cvops.events import projections as proj
-from cvops.events.schema import DatasetRejected, DatasetUploaded, DatasetValidated, Event
+from cvops.events.projection import Projection
+from cvops.events.schema import DatasetRejected, DatasetUploaded, DatasetValidated, Envelope, Event
 
 log = logging.getLogger(__name__)
 
@@ -31,13 +32,35 @@ def dataset_stream(dataset_id: str) -> str:
     return f"dataset-{dataset_id}"
 
 
+class RegistryState(msgspec.Struct, kw_only=True):
+    """What the registry actor folds from the log: its models and its datasets."""
+
+    models: proj.ModelsState = msgspec.field(default_factory=proj.ModelsState)
+    datasets: proj.DatasetsState = msgspec.field(default_factory=proj.DatasetsState)
+
+
+REGISTRY_TYPES = sorted(proj.MODEL_TYPES | proj.DATASET_TYPES)
+
+
+def apply_registry(state: RegistryState, env: Envelope) -> RegistryState:
+    if env.stream.startswith("model-"):
+        state.models = proj.apply_models(state.models, env)
+    else:
+        state.datasets = proj.apply_datasets(state.datasets, env)
+    return state
+
+
 class DatasetRecords:
     """Dataset commands and queries of the registry actor."""
 
     settings: Settings
     store: EventStore
-    datasets: proj.DatasetsState
+    records: Projection[RegistryState]
     running: dict[str, asyncio.Task[None]]
+
+    @property
+    def datasets(self) -> proj.DatasetsState:
+        return self.records.state.datasets
 
     async def _sync(self) -> None:
         raise NotImplementedError
@@ -119,10 +142,9 @@ class DatasetRecords:
         ]
 
     async def wait_dataset(self, dataset_id: str, timeout: float) -> dict[str, Any]:
-        loop = asyncio.get_running_loop()
-        end = loop.time() + timeout
-        while True:
-            d = self._dataset(dataset_id)
-            if d.status in ("ready", "failed") or loop.time() >= end:
-                return msgspec.to_builtins(d)  # type: ignore[no-any-return]
-            await asyncio.sleep(0.1)
+        def settled(state: RegistryState) -> bool:
+            d = state.datasets.datasets.get(dataset_id)
+            return d is None or d.status in ("ready", "failed")
+
+        await self.records.wait_until(settled, timeout)
+        return msgspec.to_builtins(self._dataset(dataset_id))  # type: ignore[no-any-return]

@@ -25,6 +25,7 @@ from cvops.actors.scheduler_client import ACTOR_NAME, SchedulerClient
 from cvops.config import Settings
 from cvops.errors import Conflict, CvopsError
 from cvops.events import scheduling as core
+from cvops.events.projection import Projection
 from cvops.events.schema import Event
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,13 @@ class GPUScheduler:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.store = EventStore.connect()
-        self.state = core.new_state(settings.gpu_tokens)
+        # the scheduler's state: the pure fold of the log, kept current by one projection
+        self.jobs: Projection[core.SchedulerState] = Projection(
+            self.store,
+            core.apply_scheduler,
+            core.new_state(settings.gpu_tokens),
+            types=sorted(core.SCHEDULER_TYPES),
+        )
         self.lock = asyncio.Lock()
         self.workers: dict[str, Any] = {}
         self.tasks: dict[str, asyncio.Task[None]] = {}
@@ -66,18 +73,18 @@ class GPUScheduler:
     def _device(self, token: int) -> str:
         return f"cuda:{token % self.gpus}" if self.gpus else "cpu"
 
+    @property
+    def state(self) -> core.SchedulerState:
+        return self.jobs.state
+
     async def _sync(self) -> None:
-        while True:
-            envs = await self.store.read(after=self.state.seq, limit=5000, types=sorted(core.SCHEDULER_TYPES))
-            if not envs:
-                return
-            for env in envs:
-                core.apply_scheduler(self.state, env)
+        await self.jobs.catch_up()
 
     async def _append(self, events: list[Event]) -> None:
         if events:
-            await self.store.append(core.SCHEDULER_STREAM, events, self.state.version)
-            await self._sync()
+            await self.jobs.fold_appended(
+                await self.store.append(core.SCHEDULER_STREAM, events, self.state.version)
+            )
 
     async def start(self) -> dict[str, Any]:
         async with self.lock:
@@ -90,23 +97,19 @@ class GPUScheduler:
         return core.scheduler_view(self.state)
 
     async def _follow(self) -> None:
-        """Keep job progress (written by workers to job-<id>) folded in.
-
-        ``state.seq`` only moves over scheduler events (``_sync`` reads those types), so waiting on it
-        alone would return at once forever after any other event (a user, a model): a busy loop.  Wait
-        on the highest head seen instead; every seq up to it has been scanned by the ``_sync`` after."""
-        seen = 0
+        """Keep job progress (written by workers to job-<id>) folded in.  The projection's position
+        stands at the head it has scanned (not at the last scheduler event), so each wait is for new
+        events only; the fold runs under the decision lock, between appends."""
         while True:
             try:
-                head = await self.store.wait_for(max(seen, self.state.seq), 5.0)
+                await self.store.wait_for(self.jobs.position, 5.0)
                 async with self.lock:
                     await self._sync()
-                seen = max(seen, head)
             except asyncio.CancelledError:
                 raise
             except CvopsError as exc:
                 log.warning("scheduler follow: %s", exc)
-                await asyncio.sleep(1.0)
+                await asyncio.sleep(1.0)  # back off while the log is unavailable
 
     async def _dispatch(self) -> None:
         for append in core.plan_dispatch(self.state, self._device):
