@@ -142,3 +142,35 @@ def test_the_graph_sees_lazy_imports() -> None:
 
 def test_no_import_cycle_in_cvops() -> None:
     assert cycles("cvops") == []
+
+
+def _external_imports(path: Path) -> set[str]:
+    """Top-level names of every package a module imports anywhere in its source."""
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            out.update(alias.name.partition(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            out.add(node.module.partition(".")[0])
+    return out
+
+
+CORES = ["cvops.ga", "cvops.bench", "cvops.bench_types", "cvops.selection", "cvops.report", "cvops.jobs_api"]
+
+
+def test_the_layers_point_one_way() -> None:
+    modules = module_names("cvops")
+    graph = {name: imports_of(name, path, modules) for name, path in modules.items()}
+    into_platform = {
+        name
+        for name, deps in graph.items()
+        if not name.startswith("cvops.platform") and any(d.startswith("cvops.platform") for d in deps)
+    }
+    assert into_platform == {"cvops.cli"}  # the command line starts the gateway; nothing else reaches it
+    for name, deps in graph.items():
+        if name.startswith("cvops.events"):
+            outside = {d for d in deps if not d.startswith("cvops.events") and d != "cvops"}
+            assert outside <= {"cvops.errors"}, (name, outside)
+    for name, path in modules.items():
+        if name.startswith("cvops.ml.") or name in CORES:
+            assert not _external_imports(path) & {"ray", "aiohttp"}, name
