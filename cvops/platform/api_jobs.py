@@ -83,15 +83,15 @@ async def submit_job(request: web.Request) -> web.StreamResponse:
         validate_hyperparameters(spec.get("hyperparameters") or {})
     registry = services.need_registry()
     model = await registry.get(spec["model_id"])
-    if model["status"] != "ready":
+    if model.status != "ready":
         raise ValidationFailed(
-            f"model {spec['model_id']} is {model['status']}, not ready", {"field": "model_id"}
+            f"model {spec['model_id']} is {model.status}, not ready", {"field": "model_id"}
         )
     if spec.get("dataset_id"):
         ds = await registry.get_dataset(spec["dataset_id"])
-        if ds["status"] != "ready":
+        if ds.status != "ready":
             raise ValidationFailed(
-                f"dataset {spec['dataset_id']} is {ds['status']}, not ready", {"field": "dataset_id"}
+                f"dataset {spec['dataset_id']} is {ds.status}, not ready", {"field": "dataset_id"}
             )
     # one submission per user at a time in this gateway, so the count cannot be raced past
     async with request.app[SUBMIT_LOCKS].setdefault(who.username, asyncio.Lock()):
