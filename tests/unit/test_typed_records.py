@@ -152,3 +152,50 @@ def test_a_deployment_view_encodes_as_the_dict_did() -> None:
     assert msgspec.json.encode({"deployments": [view]}) == msgspec.json.encode(
         {"deployments": [msgspec.json.decode(_old_view(rec, stats))]}
     )
+
+
+def test_the_scheduler_client_returns_job_records_and_job_view_keeps_the_json() -> None:
+    from cvops.actors.scheduler_client import SchedulerClient
+    from cvops.events.scheduling import JobRecord, job_view
+
+    job = JobRecord(
+        id="j1",
+        kind="train",
+        spec={"kind": "train", "model_id": "m1", "hyperparameters": {"lr": 0.01}},
+        submitted_by="ann",
+        status="succeeded",
+        token=0,
+        device="cpu",
+        attempt=1,
+        progress={"phase": "epoch", "loss": 0.25},
+        result={"model_id": "m2", "history": [{"epoch": 1, "acc": 0.5}]},
+        submitted_ts=1700000000.5,
+        started_ts=1700000001.0,
+        ended_ts=1700000002.0,
+        queue_seq=7,
+        checkpoints=[{"epoch": 1, "sha256": "d" * 64}],
+        version=5,
+    )
+    wire = msgspec.msgpack.encode(job)
+    handle = SimpleNamespace(
+        get=_Method(wire),
+        cancel=_Method(wire),
+        submit=_Method(wire),
+        list_jobs=_Method(msgspec.msgpack.encode([job])),
+    )
+    client = SchedulerClient(handle)
+
+    async def go() -> None:
+        assert await client.get("j1") == job
+        assert await client.cancel("j1", "ann") == job
+        assert await client.submit("train", dict(job.spec), "ann") == job
+        assert await client.list_jobs(None, "succeeded") == [job]
+
+    asyncio.run(go())
+    assert handle.list_jobs.args == (None, "succeeded")
+    old: dict[str, Any] = msgspec.to_builtins(job)
+    old.pop("queue_seq")
+    assert msgspec.json.encode(job_view(msgspec.msgpack.decode(wire, type=JobRecord))) == msgspec.json.encode(
+        old
+    )
+    assert "queue_seq" not in job_view(job)
