@@ -100,10 +100,9 @@ class DatasetRecords:
     async def _validate(self, dataset_id: str, key: str) -> None:
         try:
             d = self._dataset(dataset_id)
-            rec = msgspec.to_builtins(d)
             version = await self.store.stream_version(dataset_stream(dataset_id))
             try:
-                fields = await dataset_task.remote(self.settings, rec)
+                fields = await dataset_task.remote(self.settings, d)
             except Exception as exc:  # noqa: BLE001 - every failure becomes a rejection with its reason
                 inner = unwrap(exc)
                 reason = (
