@@ -36,13 +36,16 @@ import secrets
 import tarfile
 from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from cvops.errors import CvopsError, ValidationFailed
+
+if TYPE_CHECKING:
+    from cvops.events.projections import ModelRecord
 
 log = logging.getLogger(__name__)
 
@@ -299,11 +302,11 @@ def _check_signature(
     return []
 
 
-def package_files(model: Mapping[str, Any], engine: str, blob_path: Any) -> dict[str, Path]:
+def package_files(model: ModelRecord, engine: str, blob_path: Any) -> dict[str, Path]:
     """Which blobs go into a package of ``model`` for ``engine`` (``blob_path(sha) -> Path``)."""
-    onnx = model.get("onnx") or {}
-    if model.get("status") != "ready" or not onnx.get("sha256"):
-        raise ValidationFailed(f"model {model.get('id')} is not ready", {"field": "model_id"})
+    onnx = model.onnx or {}
+    if model.status != "ready" or not onnx.get("sha256"):
+        raise ValidationFailed(f"model {model.id} is not ready", {"field": "model_id"})
     files = {"model.onnx": Path(blob_path(onnx["sha256"]))}
     if engine.startswith("torch-"):
         if not onnx.get("torch_sha256"):

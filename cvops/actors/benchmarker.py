@@ -48,17 +48,18 @@ def run_benchmark_job(ctx: JobContext) -> dict[str, Any]:
     assert isinstance(job, BenchmarkJob)
     config = benchmark_config(job)
     rec = Registry.connect().get_sync(job.model_id)
-    if rec["status"] != "ready" or not rec.get("onnx"):
-        raise ValidationFailed(f"model {rec['id']} is not ready")
-    onnx_path = ctx.blobs.path(rec["onnx"]["sha256"])
-    input_dims = rec["onnx"]["inputs"][0]["shape"]
-    size = rec["onnx"]["preprocessing"]["image_size"]
+    if rec.status != "ready" or not rec.onnx:
+        raise ValidationFailed(f"model {rec.id} is not ready")
+    onnx = rec.onnx
+    onnx_path = ctx.blobs.path(onnx["sha256"])
+    input_dims = onnx["inputs"][0]["shape"]
+    size = onnx["preprocessing"]["image_size"]
     input_shape = [1, int(input_dims[1]) if isinstance(input_dims[1], int) else 3, int(size[0]), int(size[1])]
 
     def factory() -> Any:
         return build_torch_source(rec, ctx.blobs)
 
-    has_torch = bool((rec["onnx"] or {}).get("torch_sha256"))
+    has_torch = bool(onnx.get("torch_sha256"))
     device_index = int(ctx.device.split(":")[1]) if ctx.device.startswith("cuda:") else 0
 
     def progress(p: dict[str, Any]) -> None:
@@ -78,11 +79,11 @@ def run_benchmark_job(ctx: JobContext) -> dict[str, Any]:
         raise JobCancelled(ctx.job_id)
     selection = select(result.results, config.constraints, config.objective)
     measured = BenchmarkMeasured(
-        job_id=ctx.job_id, model_id=rec["id"], results=result.event_results(), machine=result.machine
+        job_id=ctx.job_id, model_id=rec.id, results=result.event_results(), machine=result.machine
     )
     selected = EngineSelected(
         job_id=ctx.job_id,
-        model_id=rec["id"],
+        model_id=rec.id,
         selected=selection.selected,
         selected_batch=selection.selected_batch,
         eligible=list(selection.eligible),
@@ -93,7 +94,7 @@ def run_benchmark_job(ctx: JobContext) -> dict[str, Any]:
     ctx.emit([measured, selected])
     ctx.progress({"phase": "done"}, force=True)
     return {
-        "model_id": rec["id"],
+        "model_id": rec.id,
         "selected": selection.selected,
         "selected_batch": selection.selected_batch,
         "eligible": list(selection.eligible),

@@ -15,6 +15,7 @@ import ray
 from cvops.actors.common import worker_priority
 from cvops.blobs import BlobStore
 from cvops.config import Settings
+from cvops.events.projections import DatasetRecord
 from cvops.ml.conversion import ConversionRequest, ConvertedModel
 
 
@@ -41,19 +42,19 @@ def convert_task(settings: Settings, req: ConversionRequest) -> ConvertedModel:
 
 
 @ray.remote(num_cpus=1, max_calls=1, max_retries=0)
-def dataset_task(settings: Settings, rec: dict[str, Any]) -> dict[str, Any]:
+def dataset_task(settings: Settings, rec: DatasetRecord) -> dict[str, Any]:
     """Extract a dataset zip safely and validate it; returns the DatasetValidated fields."""
     from cvops.ml.datasets import safe_extract, validate_dataset
 
     worker_priority()
     blobs = BlobStore(settings.blob_root)
-    rel = Path("datasets") / rec["id"]
+    rel = Path("datasets") / rec.id
     dest = settings.data_path / rel
     if dest.exists():
         shutil.rmtree(dest)
     try:
-        safe_extract(blobs.path(rec["sha256"]), dest, max_total_bytes=settings.max_dataset_bytes)
-        info = validate_dataset(dest, rec["task"], rec["format"])
+        safe_extract(blobs.path(rec.sha256), dest, max_total_bytes=settings.max_dataset_bytes)
+        info = validate_dataset(dest, rec.task, rec.format)
     except BaseException:
         shutil.rmtree(dest, ignore_errors=True)
         raise

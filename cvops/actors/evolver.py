@@ -104,12 +104,14 @@ def run_evolve_job(ctx: JobContext) -> dict[str, Any]:
             for i, cid in list(waiting.items()):
                 if cid not in ended.state:
                     continue
-                view = scheduler.get_sync(cid)
-                if view["status"] not in TERMINAL:  # not expected: the scheduler folds up to the head first
+                trial_job = scheduler.get_sync(cid)
+                if trial_job.status not in TERMINAL:  # not expected: the scheduler folds up to the head first
                     time.sleep(POLL_S)
                     continue
-                result = view.get("result") or {}
-                fit = float(result.get("best_val_accuracy") or 0.0) if view["status"] == "succeeded" else 0.0
+                result = trial_job.result or {}
+                fit = (
+                    float(result.get("best_val_accuracy") or 0.0) if trial_job.status == "succeeded" else 0.0
+                )
                 fitness[i] = fit
                 ctx.emit(
                     [

@@ -13,8 +13,9 @@ import logging
 import os
 import time
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import msgspec
 import ray
 from ray.exceptions import RayActorError
 
@@ -26,7 +27,10 @@ from cvops.events.job_facts import ENGINE_TYPES, EngineChoices, apply_engine_sel
 from cvops.events.projection import Projection
 from cvops.events.schema import DeploymentCreated, DeploymentDeleted, Preprocessing
 from cvops.events.store import Store
-from cvops.serving import BatchingRouter, WorkerDied
+from cvops.serving import BatchingRouter, RouterStats, WorkerDied
+
+if TYPE_CHECKING:
+    from cvops.actors.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -42,18 +46,18 @@ class InferenceWorker:
     """Holds one engine session for one deployment; ``predict`` runs one batch."""
 
     def __init__(
-        self, settings: Settings, model: dict[str, Any], engine: str, threads: int, max_batch: int
+        self, settings: Settings, model_msgpack: bytes, engine: str, threads: int, max_batch: int
     ) -> None:
+        """``model_msgpack``: the :class:`~cvops.events.projections.ModelRecord` as msgpack bytes."""
         worker_priority()
-        import msgspec
-
         from cvops.blobs import BlobStore
         from cvops.ml.engines import get_engine
         from cvops.ml.inference import Predictor
         from cvops.ml.torch_source import build_torch_source
 
         blobs = BlobStore(settings.blob_root)
-        onnx = model["onnx"]
+        model = msgspec.msgpack.decode(model_msgpack, type=proj.ModelRecord)
+        onnx = model.onnx or {}
         pre = msgspec.convert(onnx["preprocessing"], Preprocessing)
         eng = get_engine(engine)
         has_torch = bool(onnx.get("torch_sha256"))
@@ -65,8 +69,8 @@ class InferenceWorker:
         )
         self.predictor = Predictor(
             eng,
-            model["task"],
-            model.get("labels") or [],
+            model.task,
+            model.labels,
             pre,
             threads=threads,
             video_timeout_s=settings.video_deadline_s,
@@ -80,6 +84,14 @@ class InferenceWorker:
 
     def ping(self) -> int:
         return os.getpid()
+
+
+class DeploymentView(proj.DeploymentRecord, kw_only=True):
+    """A deployment as ``GET /deployments/{id}`` shows it: its record, whether this gateway serves it,
+    and (while it does) its router's counters.  ``router`` is left out of the JSON when not serving."""
+
+    serving: bool = False
+    router: RouterStats | msgspec.UnsetType = msgspec.UNSET
 
 
 class _WorkerHandle:
@@ -147,7 +159,7 @@ def default_workers(settings: Settings, cores: int | None = None) -> int:
 class InferencePool:
     """Gateway-side owner of deployments; see the module docstring."""
 
-    def __init__(self, settings: Settings, store: Store, registry: Any) -> None:
+    def __init__(self, settings: Settings, store: Store, registry: Registry) -> None:
         self.settings = settings
         self.store = store
         self.registry = registry
@@ -181,21 +193,22 @@ class InferencePool:
                     log.warning("deployment %s could not be restored: %s", rec.id, exc)
         self.stats_task = asyncio.create_task(self._stats_loop())
 
-    async def _resolve_engine(self, model: dict[str, Any], engine: str) -> str:
+    async def _resolve_engine(self, model: proj.ModelRecord, engine: str) -> str:
         if engine != "auto":
             return engine
-        chosen = (await self.engines.catch_up()).get(model["id"])
+        chosen = (await self.engines.catch_up()).get(model.id)
         if chosen is None:
             raise ValidationFailed(
                 "engine 'auto' needs a finished benchmark of this model; run a benchmark job first",
-                {"field": "engine", "model_id": model["id"]},
+                {"field": "engine", "model_id": model.id},
             )
         return chosen
 
     async def _bring_up(self, rec: proj.DeploymentRecord) -> _Deployment:
         model = await self.registry.get(rec.model_id)
-        if model["status"] != "ready":
-            raise ValidationFailed(f"model {rec.model_id} is {model['status']}, not ready")
+        if model.status != "ready":
+            raise ValidationFailed(f"model {rec.model_id} is {model.status}, not ready")
+        model_msgpack = msgspec.msgpack.encode(model)
         threads = threads_per_worker(rec.workers)
         workers = [
             InferenceWorker.options(  # type: ignore[attr-defined]
@@ -203,7 +216,7 @@ class InferencePool:
                 namespace=NAMESPACE,
                 get_if_exists=True,
                 num_gpus=gpu_share(rec.engine, rec.workers),
-            ).remote(self.settings, model, rec.engine, threads, rec.max_batch)
+            ).remote(self.settings, model_msgpack, rec.engine, threads, rec.max_batch)
             for i in range(rec.workers)
         ]
         try:
@@ -255,12 +268,12 @@ class InferencePool:
 
     async def create(
         self, model_id: str, engine: str, workers: int | None, max_batch: int, max_wait_ms: float, user: str
-    ) -> dict[str, Any]:
+    ) -> DeploymentView:
         from cvops.ml.engines import ENGINE_NAMES
 
         model = await self.registry.get(model_id)
-        if model["status"] != "ready":
-            raise ValidationFailed(f"model {model_id} is {model['status']}, not ready", {"field": "model_id"})
+        if model.status != "ready":
+            raise ValidationFailed(f"model {model_id} is {model.status}, not ready", {"field": "model_id"})
         if engine != "auto" and engine not in ENGINE_NAMES:
             raise ValidationFailed(
                 f"unknown engine {engine!r}", {"field": "engine", "known": ["auto", *ENGINE_NAMES]}
@@ -290,24 +303,22 @@ class InferencePool:
             await self.deployments.fold_appended(envs)
         return self.view(dep_id)
 
-    def view(self, dep_id: str) -> dict[str, Any]:
-        import msgspec
-
+    def view(self, dep_id: str) -> DeploymentView:
         rec = self.state.deployments.get(dep_id)
         if rec is None or rec.status == "deleted":
             raise NotFound(f"no deployment {dep_id!r}", {"deployment_id": dep_id})
-        out: dict[str, Any] = msgspec.to_builtins(rec)
         live = self.live.get(dep_id)
-        out["serving"] = live is not None
-        if live is not None:
-            out["router"] = msgspec.to_builtins(live.router.stats())
-        return out
+        return DeploymentView(
+            **msgspec.structs.asdict(rec),
+            serving=live is not None,
+            router=live.router.stats() if live is not None else msgspec.UNSET,
+        )
 
-    async def list_deployments(self) -> list[dict[str, Any]]:
+    async def list_deployments(self) -> list[DeploymentView]:
         await self._sync()
         return [self.view(d) for d, r in self.state.deployments.items() if r.status == "active"]
 
-    async def get(self, dep_id: str) -> dict[str, Any]:
+    async def get(self, dep_id: str) -> DeploymentView:
         await self._sync()
         return self.view(dep_id)
 

@@ -121,16 +121,16 @@ class ModelRegistry(DatasetRecords):
             raise NotFound(f"no model {model_id!r}", {"model_id": model_id})
         return m
 
-    def _view(self, m: proj.ModelRecord) -> dict[str, Any]:
-        out: dict[str, Any] = msgspec.to_builtins(m)
-        return out
+    def _view(self, m: proj.ModelRecord) -> bytes:
+        """A record as it leaves the actor: msgpack bytes, decoded by the :class:`Registry` facade."""
+        return msgspec.msgpack.encode(m)
 
     async def _ensure_started(self) -> None:
         """Ray restarts this actor after a crash (max_restarts=-1): rebuild and resume conversions."""
         if not self.started:
             await self.start()
 
-    async def register(self, fields: dict[str, Any], user: str) -> dict[str, Any]:
+    async def register(self, fields: dict[str, Any], user: str) -> bytes:
         """Record an upload / preset / trained model and start converting it."""
         await self._ensure_started()
         model_id = fields.pop("model_id", None) or uuid.uuid4().hex[:16]
@@ -154,7 +154,7 @@ class ModelRegistry(DatasetRecords):
                 [ModelConversionStarted(model_id=model_id, attempt=attempt)],
                 m.version,
             )
-            req = msgspec.convert(self._view(self._model(model_id)), ConversionRequest)
+            req = msgspec.convert(self._model(model_id), ConversionRequest, from_attributes=True)
             try:
                 async with self.conversions:
                     converted = await self._run_conversion(req)
@@ -229,20 +229,22 @@ class ModelRegistry(DatasetRecords):
         await self._sync()
         return self._release(sha)
 
-    async def get(self, model_id: str) -> dict[str, Any]:
+    async def get(self, model_id: str) -> bytes:
         await self._ensure_started()
         await self._sync()
         return self._view(self._model(model_id))
 
-    async def list_models(self) -> list[dict[str, Any]]:
+    async def list_models(self) -> bytes:
         await self._sync()
-        return [
-            self._view(m)
-            for m in sorted(self.models.models.values(), key=lambda m: m.created_ts)
-            if m.status != "deleted"
-        ]
+        return msgspec.msgpack.encode(
+            [
+                m
+                for m in sorted(self.models.models.values(), key=lambda m: m.created_ts)
+                if m.status != "deleted"
+            ]
+        )
 
-    async def wait(self, model_id: str, timeout: float) -> dict[str, Any]:
+    async def wait(self, model_id: str, timeout: float) -> bytes:
         def settled(state: RegistryState) -> bool:
             m = state.models.models.get(model_id)
             return m is None or m.status in ("ready", "failed", "deleted")
@@ -279,8 +281,16 @@ class ModelRegistry(DatasetRecords):
             t.cancel()
 
 
+_MODEL = msgspec.msgpack.Decoder(proj.ModelRecord)
+_MODELS = msgspec.msgpack.Decoder(list[proj.ModelRecord])
+_DATASET = msgspec.msgpack.Decoder(proj.DatasetRecord)
+_DATASETS = msgspec.msgpack.Decoder(list[proj.DatasetRecord])
+
+
 class Registry:
-    """Public facade over the registry actor (models and datasets)."""
+    """Public facade over the registry actor (models and datasets).  Records cross the process boundary
+    as msgpack bytes and come out of here as :class:`~cvops.events.projections.ModelRecord` and
+    :class:`~cvops.events.projections.DatasetRecord` Structs."""
 
     def __init__(self, handle: Any) -> None:
         self._h = handle
@@ -297,17 +307,17 @@ class Registry:
     def connect(cls) -> Registry:
         return cls(get_actor(ACTOR_NAME))
 
-    async def register(self, fields: dict[str, Any], user: str) -> dict[str, Any]:
-        return await call(self._h.register.remote(fields, user))  # type: ignore[no-any-return]
+    async def register(self, fields: dict[str, Any], user: str) -> proj.ModelRecord:
+        return _MODEL.decode(await call(self._h.register.remote(fields, user)))
 
-    async def get(self, model_id: str) -> dict[str, Any]:
-        return await call(self._h.get.remote(model_id))  # type: ignore[no-any-return]
+    async def get(self, model_id: str) -> proj.ModelRecord:
+        return _MODEL.decode(await call(self._h.get.remote(model_id)))
 
-    async def list_models(self) -> list[dict[str, Any]]:
-        return await call(self._h.list_models.remote())  # type: ignore[no-any-return]
+    async def list_models(self) -> list[proj.ModelRecord]:
+        return _MODELS.decode(await call(self._h.list_models.remote()))
 
-    async def wait(self, model_id: str, timeout: float) -> dict[str, Any]:
-        return await call(self._h.wait.remote(model_id, timeout))  # type: ignore[no-any-return]
+    async def wait(self, model_id: str, timeout: float) -> proj.ModelRecord:
+        return _MODEL.decode(await call(self._h.wait.remote(model_id, timeout)))
 
     async def delete(self, model_id: str, user: str) -> None:
         await call(self._h.delete.remote(model_id, user))
@@ -318,30 +328,30 @@ class Registry:
     async def release_blob(self, sha: str) -> bool:
         return await call(self._h.release_blob.remote(sha))  # type: ignore[no-any-return]
 
-    async def register_dataset(self, fields: dict[str, Any], user: str) -> dict[str, Any]:
-        return await call(self._h.register_dataset.remote(fields, user))  # type: ignore[no-any-return]
+    async def register_dataset(self, fields: dict[str, Any], user: str) -> proj.DatasetRecord:
+        return _DATASET.decode(await call(self._h.register_dataset.remote(fields, user)))
 
-    async def get_dataset(self, dataset_id: str) -> dict[str, Any]:
-        return await call(self._h.get_dataset.remote(dataset_id))  # type: ignore[no-any-return]
+    async def get_dataset(self, dataset_id: str) -> proj.DatasetRecord:
+        return _DATASET.decode(await call(self._h.get_dataset.remote(dataset_id)))
 
-    async def list_datasets(self) -> list[dict[str, Any]]:
-        return await call(self._h.list_datasets.remote())  # type: ignore[no-any-return]
+    async def list_datasets(self) -> list[proj.DatasetRecord]:
+        return _DATASETS.decode(await call(self._h.list_datasets.remote()))
 
-    async def wait_dataset(self, dataset_id: str, timeout: float) -> dict[str, Any]:
-        return await call(self._h.wait_dataset.remote(dataset_id, timeout))  # type: ignore[no-any-return]
+    async def wait_dataset(self, dataset_id: str, timeout: float) -> proj.DatasetRecord:
+        return _DATASET.decode(await call(self._h.wait_dataset.remote(dataset_id, timeout)))
 
     async def stop(self) -> None:
         await call(self._h.stop.remote())
 
     # ------------------------------------------------------------------ sync (job bodies' threads)
-    def register_sync(self, fields: dict[str, Any], user: str) -> dict[str, Any]:
-        return call_sync(self._h.register.remote(fields, user))  # type: ignore[no-any-return]
+    def register_sync(self, fields: dict[str, Any], user: str) -> proj.ModelRecord:
+        return _MODEL.decode(call_sync(self._h.register.remote(fields, user)))
 
-    def get_sync(self, model_id: str) -> dict[str, Any]:
-        return call_sync(self._h.get.remote(model_id))  # type: ignore[no-any-return]
+    def get_sync(self, model_id: str) -> proj.ModelRecord:
+        return _MODEL.decode(call_sync(self._h.get.remote(model_id)))
 
-    def wait_sync(self, model_id: str, timeout: float) -> dict[str, Any]:
-        return call_sync(self._h.wait.remote(model_id, timeout))  # type: ignore[no-any-return]
+    def wait_sync(self, model_id: str, timeout: float) -> proj.ModelRecord:
+        return _MODEL.decode(call_sync(self._h.wait.remote(model_id, timeout)))
 
-    def get_dataset_sync(self, dataset_id: str) -> dict[str, Any]:
-        return call_sync(self._h.get_dataset.remote(dataset_id))  # type: ignore[no-any-return]
+    def get_dataset_sync(self, dataset_id: str) -> proj.DatasetRecord:
+        return _DATASET.decode(call_sync(self._h.get_dataset.remote(dataset_id)))

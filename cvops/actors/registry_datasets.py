@@ -80,7 +80,7 @@ class DatasetRecords:
             raise NotFound(f"no dataset {dataset_id!r}", {"dataset_id": dataset_id})
         return d
 
-    async def register_dataset(self, fields: dict[str, Any], user: str) -> dict[str, Any]:
+    async def register_dataset(self, fields: dict[str, Any], user: str) -> bytes:
         await self._ensure_started()
         dataset_id = uuid.uuid4().hex[:16]
         if fields.get("task") not in TASKS:
@@ -90,7 +90,7 @@ class DatasetRecords:
         event = msgspec.convert({"dataset_id": dataset_id, **fields}, DatasetUploaded)
         await self._append(dataset_stream(dataset_id), [event], 0, user)
         self._spawn_dataset(dataset_id)
-        return msgspec.to_builtins(self._dataset(dataset_id))  # type: ignore[no-any-return]
+        return msgspec.msgpack.encode(self._dataset(dataset_id))
 
     def _spawn_dataset(self, dataset_id: str) -> None:
         key = f"dataset:{dataset_id}"
@@ -100,10 +100,9 @@ class DatasetRecords:
     async def _validate(self, dataset_id: str, key: str) -> None:
         try:
             d = self._dataset(dataset_id)
-            rec = msgspec.to_builtins(d)
             version = await self.store.stream_version(dataset_stream(dataset_id))
             try:
-                fields = await dataset_task.remote(self.settings, rec)
+                fields = await dataset_task.remote(self.settings, d)
             except Exception as exc:  # noqa: BLE001 - every failure becomes a rejection with its reason
                 inner = unwrap(exc)
                 reason = (
@@ -130,21 +129,18 @@ class DatasetRecords:
         finally:
             self.running.pop(key, None)
 
-    async def get_dataset(self, dataset_id: str) -> dict[str, Any]:
+    async def get_dataset(self, dataset_id: str) -> bytes:
         await self._sync()
-        return msgspec.to_builtins(self._dataset(dataset_id))  # type: ignore[no-any-return]
+        return msgspec.msgpack.encode(self._dataset(dataset_id))
 
-    async def list_datasets(self) -> list[dict[str, Any]]:
+    async def list_datasets(self) -> bytes:
         await self._sync()
-        return [
-            msgspec.to_builtins(d)
-            for d in sorted(self.datasets.datasets.values(), key=lambda d: d.created_ts)
-        ]
+        return msgspec.msgpack.encode(sorted(self.datasets.datasets.values(), key=lambda d: d.created_ts))
 
-    async def wait_dataset(self, dataset_id: str, timeout: float) -> dict[str, Any]:
+    async def wait_dataset(self, dataset_id: str, timeout: float) -> bytes:
         def settled(state: RegistryState) -> bool:
             d = state.datasets.datasets.get(dataset_id)
             return d is None or d.status in ("ready", "failed")
 
         await self.records.wait_until(settled, timeout)
-        return msgspec.to_builtins(self._dataset(dataset_id))  # type: ignore[no-any-return]
+        return msgspec.msgpack.encode(self._dataset(dataset_id))

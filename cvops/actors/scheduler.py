@@ -14,6 +14,7 @@ import logging
 import uuid
 from typing import Any
 
+import msgspec
 import ray
 from ray.exceptions import RayActorError
 
@@ -194,13 +195,13 @@ class GPUScheduler:
         user: str,
         job_id: str | None = None,
         parent_job_id: str | None = None,
-    ) -> dict[str, Any]:
+    ) -> bytes:
         await self._ensure_started()
         async with self.lock:
             await self._sync()
             jid = job_id or uuid.uuid4().hex[:16]
             if job_id is not None and jid in self.state.jobs:  # idempotent for deterministic child ids
-                return core.job_view(self.state.jobs[jid])
+                return msgspec.msgpack.encode(self.state.jobs[jid])
             if kind == "evolve":  # each evolution holds a token: one must always stay free for trials
                 active = [
                     r.id
@@ -226,9 +227,9 @@ class GPUScheduler:
                 )
             )
             await self._dispatch()
-            return core.job_view(self.state.jobs[jid])
+            return msgspec.msgpack.encode(self.state.jobs[jid])
 
-    async def cancel(self, job_id: str, by: str) -> dict[str, Any]:
+    async def cancel(self, job_id: str, by: str) -> bytes:
         await self._ensure_started()
         async with self.lock:
             await self._sync()
@@ -247,25 +248,23 @@ class GPUScheduler:
                         await worker.cancel.remote()
                     except RayActorError as exc:  # already dead: its watcher records the end
                         log.info("cancel of %s: worker gone: %s", job_id, exc)
-                return core.job_view(rec)
+                return msgspec.msgpack.encode(rec)
             await self._append(core.plan_finish(self.state, job_id, "cancelled", by=by))
-            return core.job_view(self.state.jobs[job_id])
+            return msgspec.msgpack.encode(self.state.jobs[job_id])
 
-    async def get(self, job_id: str) -> dict[str, Any]:
+    async def get(self, job_id: str) -> bytes:
         await self._sync_unlocked()
         rec = self.state.jobs.get(job_id)
         if rec is None:
             raise core.NotFound(f"no job {job_id!r}", {"job_id": job_id})
-        return core.job_view(rec)
+        return msgspec.msgpack.encode(rec)
 
-    async def list_jobs(self, kind: str | None = None, status: str | None = None) -> list[dict[str, Any]]:
+    async def list_jobs(self, kind: str | None = None, status: str | None = None) -> bytes:
         await self._sync_unlocked()
         recs = sorted(self.state.jobs.values(), key=lambda r: r.queue_seq)
-        return [
-            core.job_view(r)
-            for r in recs
-            if (kind is None or r.kind == kind) and (status is None or r.status == status)
-        ]
+        return msgspec.msgpack.encode(
+            [r for r in recs if (kind is None or r.kind == kind) and (status is None or r.status == status)]
+        )
 
     async def view(self) -> dict[str, Any]:
         await self._sync_unlocked()

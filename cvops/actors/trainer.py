@@ -19,6 +19,7 @@ import ray
 from cvops.actors.jobs import JobActor, JobCancelled, JobContext
 from cvops.actors.registry import Registry
 from cvops.errors import CvopsError, ValidationFailed
+from cvops.events.projections import DatasetRecord, ModelRecord
 from cvops.jobs_api import TrainJob
 
 log = logging.getLogger(__name__)
@@ -33,15 +34,15 @@ def trained_model_id(job_id: str) -> str:
     return hashlib.sha256(f"cvops-trained-model:{job_id}".encode()).hexdigest()[:16]
 
 
-def _fit_head(module: Any, rec: dict[str, Any], classes: list[str], blobs: Any) -> Any:
+def _fit_head(module: Any, rec: ModelRecord, classes: list[str], blobs: Any) -> Any:
     """A model whose class count differs from the dataset's gets a fresh head: the preset is rebuilt
     with the dataset's classes and every weight whose shape still fits is kept."""
     import torch
 
     from cvops.ml import presets
 
-    arch = (rec.get("onnx") or {}).get("torch_arch") or rec.get("preset") or rec.get("arch")
-    num = rec.get("num_classes") or len(rec.get("labels") or [])
+    arch = (rec.onnx or {}).get("torch_arch") or rec.preset or rec.arch
+    num = rec.num_classes or len(rec.labels)
     if num == len(classes):
         return module
     if arch not in presets.PRESETS:
@@ -49,7 +50,7 @@ def _fit_head(module: Any, rec: dict[str, Any], classes: list[str], blobs: Any) 
             f"the model has {num} classes and the dataset {len(classes)}; only presets can be re-headed",
             {"model_classes": num, "dataset_classes": len(classes)},
         )
-    fresh = presets.build_preset(arch, num_classes=len(classes), image_size=rec.get("image_size")).module
+    fresh = presets.build_preset(arch, num_classes=len(classes), image_size=rec.image_size).module
     own = fresh.state_dict()
     keep = {k: v for k, v in module.state_dict().items() if k in own and own[k].shape == v.shape}
     own.update(keep)
@@ -58,12 +59,12 @@ def _fit_head(module: Any, rec: dict[str, Any], classes: list[str], blobs: Any) 
     return fresh.to(torch.float32)
 
 
-def _dataset_root(ctx: JobContext, ds: dict[str, Any]) -> Path:
+def _dataset_root(ctx: JobContext, ds: DatasetRecord) -> Path:
     from cvops.ml.datasets import safe_extract
 
-    root = ctx.settings.data_path / (ds.get("path") or f"datasets/{ds['id']}")
+    root = ctx.settings.data_path / (ds.path or f"datasets/{ds.id}")
     if not root.exists():  # e.g. a data dir restored without its extracted folders
-        safe_extract(ctx.blobs.path(ds["sha256"]), root, max_total_bytes=ctx.settings.max_dataset_bytes)
+        safe_extract(ctx.blobs.path(ds.sha256), root, max_total_bytes=ctx.settings.max_dataset_bytes)
     return root
 
 
@@ -86,9 +87,9 @@ def run_train_job(ctx: JobContext) -> dict[str, Any]:
     registry = Registry.connect()
     rec = registry.get_sync(job.model_id)
     ds = registry.get_dataset_sync(job.dataset_id)
-    if rec["task"] != ds["task"]:
+    if rec.task != ds.task:
         raise ValidationFailed(
-            f"a {rec['task']} model cannot train on a {ds['task']} dataset", {"field": "dataset_id"}
+            f"a {rec.task} model cannot train on a {ds.task} dataset", {"field": "dataset_id"}
         )
     module = build_torch_source(rec, ctx.blobs)
     if module is None:
@@ -96,9 +97,9 @@ def run_train_job(ctx: JobContext) -> dict[str, Any]:
             "this model has no torch form to train (ONNX uploads cannot be fine-tuned); use a preset or "
             "upload a state_dict with arch, a .pt2 or an Ultralytics checkpoint"
         )
-    module = _fit_head(module, rec, list(ds["classes"]), ctx.blobs)
+    module = _fit_head(module, rec, list(ds.classes), ctx.blobs)
     root = _dataset_root(ctx, ds)
-    info = validate_dataset(root, ds["task"], ds["format"])
+    info = validate_dataset(root, ds.task, ds.format)
     resume_from: bytes | None = None
     start_epoch = 0
     if ctx.last_checkpoint:
@@ -106,12 +107,12 @@ def run_train_job(ctx: JobContext) -> dict[str, Any]:
         start_epoch = int(ctx.last_checkpoint["epoch"])
         ctx.progress({"phase": "resumed", "from_epoch": start_epoch}, force=True)
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    pre = (rec.get("onnx") or {}).get("preprocessing")
+    pre = (rec.onnx or {}).get("preprocessing")
 
     def progress(p: dict[str, Any]) -> None:
         ctx.progress(p, force=p.get("phase") == "epoch")
 
-    train = train_detector if rec["task"] == "detection" else train_classifier
+    train = train_detector if rec.task == "detection" else train_classifier
     train_call_unix = time.time()
     try:
         result = train(
@@ -145,29 +146,30 @@ def run_train_job(ctx: JobContext) -> dict[str, Any]:
     if not ctx.register:  # an evolution trial: only its fitness matters
         return metrics
     weights = ctx.blobs.put_bytes(result.state_dict)
-    arch = (rec.get("onnx") or {}).get("torch_arch") or rec.get("preset") or rec.get("arch")
+    arch = (rec.onnx or {}).get("torch_arch") or rec.preset or rec.arch
+    new_id = trained_model_id(ctx.job_id)  # stable: a retried registration hits the same stream
     fields = {
-        "name": f"{rec['name']}-ft-{ctx.job_id[:8]}",
-        "task": rec["task"],
+        "name": f"{rec.name}-ft-{ctx.job_id[:8]}",
+        "task": rec.task,
         "source_format": "state_dict",
         "source_sha256": weights.sha256,
         "source_bytes": weights.bytes,
         "arch": arch,
         "num_classes": len(info.classes),
-        "image_size": rec.get("image_size") or (pre or {}).get("image_size", [None])[0],
+        "image_size": rec.image_size or (pre or {}).get("image_size", [None])[0],
         "labels": list(info.classes),
-        "parent_model_id": rec["id"],
-        "dataset_id": ds["id"],
+        "parent_model_id": rec.id,
+        "dataset_id": ds.id,
         "hyperparameters": dict(job.hyperparameters),
-        "model_id": trained_model_id(ctx.job_id),  # stable: a retried registration hits the same stream
+        "model_id": new_id,
     }
     try:
         new = registry.register_sync(dict(fields), ctx.job_id)
     except CvopsError as exc:  # already registered by an earlier attempt
         log.info("trained model registration: %s", exc)
-        new = registry.get_sync(fields["model_id"])
-    new = registry.wait_sync(new["id"], CONVERSION_WAIT_S)
-    return {"model_id": new["id"], "model_status": new["status"], "parity": new.get("parity"), **metrics}
+        new = registry.get_sync(new_id)
+    new = registry.wait_sync(new.id, CONVERSION_WAIT_S)
+    return {"model_id": new.id, "model_status": new.status, "parity": new.parity, **metrics}
 
 
 @ray.remote(num_cpus=0, max_concurrency=4, max_restarts=0)  # type: ignore[call-overload]

@@ -3,12 +3,15 @@ torch-* benchmark and serving engines)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cvops.blobs import BlobStore
 
+if TYPE_CHECKING:
+    from cvops.events.projections import ModelRecord
 
-def build_torch_source(rec: dict[str, Any], blobs: BlobStore) -> Any:
+
+def build_torch_source(rec: ModelRecord, blobs: BlobStore) -> Any:
     """The torch module of a model record that has a torch form (presets, trained models, ``.pt2``,
     state_dict and Ultralytics uploads): always a file cvops wrote itself from the verified model, a
     state_dict (loaded ``weights_only``) or a re-saved, re-checked ``.pt2``.  Never the user's upload.
@@ -18,21 +21,21 @@ def build_torch_source(rec: dict[str, Any], blobs: BlobStore) -> Any:
 
     from cvops.ml import presets
 
-    onnx = rec.get("onnx") or {}
+    onnx = rec.onnx or {}
     fmt = onnx.get("torch_format") or ""
     sha = onnx.get("torch_sha256") or ""
     if not fmt or not sha or fmt not in ("state_dict", "torch_export"):
         return None
     path = blobs.path(sha)
-    arch = onnx.get("torch_arch") or rec.get("arch") or rec.get("preset")
+    arch = onnx.get("torch_arch") or rec.arch or rec.preset
     if fmt == "state_dict" and arch in presets.PRESETS:
         state = torch.load(path, weights_only=True, map_location="cpu")
         return presets.build_preset(
             arch,
-            num_classes=rec.get("num_classes") or len(rec.get("labels") or []) or None,
-            image_size=rec.get("image_size"),
+            num_classes=rec.num_classes or len(rec.labels) or None,
+            image_size=rec.image_size,
             state_dict=state,
         ).module
     from cvops.ml.formats import load_torch_model
 
-    return load_torch_model(path, fmt, arch=arch, num_classes=rec.get("num_classes"))
+    return load_torch_model(path, fmt, arch=arch, num_classes=rec.num_classes)

@@ -23,6 +23,7 @@ from cvops.platform.uploads import (
 
 if TYPE_CHECKING:
     from cvops.actors.registry import Registry
+    from cvops.events.projections import DatasetRecord
 
 ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
 
@@ -38,7 +39,7 @@ class DatasetList(msgspec.Struct):
     datasets: list[dict[str, Any]]
 
 
-async def _accept_dataset(registry: Registry, up: Upload, blobs: BlobStore, user: str) -> dict[str, Any]:
+async def _accept_dataset(registry: Registry, up: Upload, blobs: BlobStore, user: str) -> DatasetRecord:
     assert up.blob is not None
     task = up.fields.get("task", "classification")
     fmt = up.fields.get("format") or ("yolo" if task == "detection" else "imagefolder")
@@ -66,7 +67,8 @@ async def upload_dataset(request: web.Request) -> web.StreamResponse:
 
 
 async def list_datasets(request: web.Request) -> web.StreamResponse:
-    return json_response(DatasetList(datasets=await request.app[SERVICES].need_registry().list_datasets()))
+    # the DatasetList shape (what OpenAPI declares), its items the records themselves
+    return json_response({"datasets": await request.app[SERVICES].need_registry().list_datasets()})
 
 
 async def get_dataset(request: web.Request) -> web.StreamResponse:

@@ -74,7 +74,8 @@ async def create_deployment(request: web.Request) -> web.StreamResponse:
 
 async def list_deployments(request: web.Request) -> web.StreamResponse:
     return json_response(
-        DeploymentList(deployments=await request.app[SERVICES].need_pool().list_deployments())
+        # the DeploymentList shape (what OpenAPI declares), its items the views themselves
+        {"deployments": await request.app[SERVICES].need_pool().list_deployments()}
     )
 
 

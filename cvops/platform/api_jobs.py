@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 from aiohttp import web
@@ -17,7 +17,7 @@ from cvops.errors import (
     ValidationFailed,
 )
 from cvops.events.projection import Projection
-from cvops.events.scheduling import job_stream
+from cvops.events.scheduling import JobRecord, job_stream, job_view
 from cvops.events.schema import Envelope
 from cvops.ga import parse_space
 from cvops.jobs_api import decode_job_request, job_spec
@@ -26,6 +26,9 @@ from cvops.platform.bodies import json_response, read_body
 from cvops.platform.context import principal
 from cvops.platform.keys import SERVICES, SETTINGS
 from cvops.platform.routes import STAFF, Route
+
+if TYPE_CHECKING:
+    from cvops.actors.scheduler_client import SchedulerClient
 
 REPORT_TYPES = {
     "json": "application/json",
@@ -83,24 +86,24 @@ async def submit_job(request: web.Request) -> web.StreamResponse:
         validate_hyperparameters(spec.get("hyperparameters") or {})
     registry = services.need_registry()
     model = await registry.get(spec["model_id"])
-    if model["status"] != "ready":
+    if model.status != "ready":
         raise ValidationFailed(
-            f"model {spec['model_id']} is {model['status']}, not ready", {"field": "model_id"}
+            f"model {spec['model_id']} is {model.status}, not ready", {"field": "model_id"}
         )
     if spec.get("dataset_id"):
         ds = await registry.get_dataset(spec["dataset_id"])
-        if ds["status"] != "ready":
+        if ds.status != "ready":
             raise ValidationFailed(
-                f"dataset {spec['dataset_id']} is {ds['status']}, not ready", {"field": "dataset_id"}
+                f"dataset {spec['dataset_id']} is {ds.status}, not ready", {"field": "dataset_id"}
             )
     # one submission per user at a time in this gateway, so the count cannot be raced past
     async with request.app[SUBMIT_LOCKS].setdefault(who.username, asyncio.Lock()):
         await _check_queued(scheduler, who.username, limit)
-        view = await scheduler.submit(kind, spec, who.username)
-    return json_response(view, status=202)
+        job = await scheduler.submit(kind, spec, who.username)
+    return json_response(job_view(job), status=202)
 
 
-async def _check_queued(scheduler: Any, username: str, limit: int) -> None:
+async def _check_queued(scheduler: SchedulerClient, username: str, limit: int) -> None:
     """429 naming the setting when ``username`` already has ``limit`` jobs waiting for a token."""
     waiting = await _waiting_jobs(scheduler, username)
     if len(waiting) >= limit:
@@ -112,14 +115,14 @@ async def _check_queued(scheduler: Any, username: str, limit: int) -> None:
         )
 
 
-async def _waiting_jobs(scheduler: Any, username: str) -> list[str]:
+async def _waiting_jobs(scheduler: SchedulerClient, username: str) -> list[str]:
     """Ids of the jobs ``username`` submitted that wait for a GPU token (queued, or interrupted and
     about to be requeued); an evolution's trials belong to the evolution, not to this count."""
     ids: list[str] = []
     for status in ("queued", "interrupted"):
         for job in await scheduler.list_jobs(None, status):
-            if job.get("submitted_by") == username and not job.get("parent_job_id"):
-                ids.append(job["id"])
+            if job.submitted_by == username and not job.parent_job_id:
+                ids.append(job.id)
     return ids
 
 
@@ -129,26 +132,24 @@ async def list_jobs(request: web.Request) -> web.StreamResponse:
         .need_scheduler()
         .list_jobs(request.query.get("kind"), request.query.get("status"))
     )
-    return json_response(JobList(jobs=jobs))
+    return json_response(JobList(jobs=[job_view(j) for j in jobs]))
 
 
 async def get_job(request: web.Request) -> web.StreamResponse:
-    return json_response(await request.app[SERVICES].need_scheduler().get(request.match_info["id"]))
+    return json_response(job_view(await request.app[SERVICES].need_scheduler().get(request.match_info["id"])))
 
 
-def check_may_cancel(job: dict[str, Any], username: str, role: str) -> None:
+def check_may_cancel(job: JobRecord, username: str, role: str) -> None:
     """Admins cancel any job; others only the train jobs they submitted (benchmark and evolve jobs are
     admin-only to run, so admin-only to stop).  403 otherwise."""
     if role == "admin":
         return
-    if job.get("kind") != "train":
-        raise Forbidden(
-            f"only admins may cancel {job.get('kind')} jobs", {"required": ["admin"], "job_id": job.get("id")}
-        )
-    if job.get("submitted_by") != username:
+    if job.kind != "train":
+        raise Forbidden(f"only admins may cancel {job.kind} jobs", {"required": ["admin"], "job_id": job.id})
+    if job.submitted_by != username:
         raise Forbidden(
             "only an admin or the job's submitter may cancel it",
-            {"required": ["admin", "submitter"], "job_id": job.get("id")},
+            {"required": ["admin", "submitter"], "job_id": job.id},
         )
 
 
@@ -157,8 +158,7 @@ async def cancel_job(request: web.Request) -> web.StreamResponse:
     scheduler = request.app[SERVICES].need_scheduler()
     job = await scheduler.get(request.match_info["id"])  # 404 first; kind and submitter never change
     check_may_cancel(job, who.username, who.role)
-    view = await scheduler.cancel(job["id"], who.username)
-    return json_response(view, status=202)
+    return json_response(job_view(await scheduler.cancel(job.id, who.username)), status=202)
 
 
 async def scheduler_view(request: web.Request) -> web.StreamResponse:
@@ -195,15 +195,15 @@ async def job_report(request: web.Request) -> web.StreamResponse:
     services = request.app[SERVICES]
     job = await services.need_scheduler().get(request.match_info["id"])
     report = Projection(
-        services.need_store(), _report_parts, ReportParts(), stream=job_stream(job["id"]), types=REPORT_EVENTS
+        services.need_store(), _report_parts, ReportParts(), stream=job_stream(job.id), types=REPORT_EVENTS
     )
     parts = await report.catch_up()
     measured, selection = parts.measured, parts.selection
     if measured is None or selection is None:
         raise NotFound(
-            "this job has no report yet (only finished benchmark jobs have one)", {"job_id": job["id"]}
+            "this job has no report yet (only finished benchmark jobs have one)", {"job_id": job.id}
         )
-    stable_job = {k: job[k] for k in ("id", "kind", "spec", "status", "submitted_by") if k in job}
+    stable_job = {k: getattr(job, k) for k in ("id", "kind", "spec", "status", "submitted_by")}
     body = build_report(stable_job, measured, selection, view, fmt)  # type: ignore[arg-type]
     return web.Response(body=body, headers={"Content-Type": REPORT_TYPES[fmt]})
 

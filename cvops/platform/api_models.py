@@ -28,6 +28,7 @@ from cvops.platform.uploads import (
 
 if TYPE_CHECKING:
     from cvops.actors.registry import Registry
+    from cvops.events.projections import ModelRecord
 
 
 class PresetRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -95,7 +96,7 @@ def parse_labels(raw: str | None) -> list[str]:
     return labels
 
 
-async def _accept_model(registry: Registry, up: Upload, blobs: BlobStore, user: str) -> dict[str, Any]:
+async def _accept_model(registry: Registry, up: Upload, blobs: BlobStore, user: str) -> ModelRecord:
     assert up.blob is not None
     name = up.fields.get("name") or default_name(up.filename, "model")
     task = up.fields.get("task", "")
@@ -173,7 +174,8 @@ async def create_preset(request: web.Request) -> web.StreamResponse:
 
 
 async def list_models(request: web.Request) -> web.StreamResponse:
-    return json_response(ModelList(models=await request.app[SERVICES].need_registry().list_models()))
+    # the ModelList shape (what OpenAPI declares), its items the records themselves
+    return json_response({"models": await request.app[SERVICES].need_registry().list_models()})
 
 
 async def get_model(request: web.Request) -> web.StreamResponse:
@@ -182,16 +184,14 @@ async def get_model(request: web.Request) -> web.StreamResponse:
 
 async def get_onnx(request: web.Request) -> web.StreamResponse:
     rec = await request.app[SERVICES].need_registry().get(request.match_info["id"])
-    if rec["status"] != "ready" or not rec.get("onnx"):
-        raise NotFound(
-            f"model {rec['id']} has no ONNX form yet (status {rec['status']})", {"model_id": rec["id"]}
-        )
-    path = _blobs(request).path(rec["onnx"]["sha256"])
+    if rec.status != "ready" or not rec.onnx:
+        raise NotFound(f"model {rec.id} has no ONNX form yet (status {rec.status})", {"model_id": rec.id})
+    path = _blobs(request).path(rec.onnx["sha256"])
     return web.FileResponse(
         path,
         headers={
             "Content-Type": "application/octet-stream",
-            "Content-Disposition": f'attachment; filename="{rec["id"]}.onnx"',
+            "Content-Disposition": f'attachment; filename="{rec.id}.onnx"',
         },
     )
 

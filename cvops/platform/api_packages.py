@@ -26,6 +26,8 @@ from cvops.platform.routes import ADMIN, STAFF, Route
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+    from cvops.events.projections import ModelRecord
+
 
 class PackageRequest(msgspec.Struct, forbid_unknown_fields=True):
     model_id: str
@@ -76,7 +78,7 @@ PACKAGES = web.AppKey("cvops.packages", Packages)
 
 
 def _build(
-    blobs: BlobStore, model: dict[str, Any], engine: str, key: Ed25519PrivateKey
+    blobs: BlobStore, model: ModelRecord, engine: str, key: Ed25519PrivateKey
 ) -> tuple[Any, dict[str, str]]:
     files = package_files(model, engine, blobs.path)
     tmp = blobs.temp_path(".tar.gz")
@@ -84,7 +86,7 @@ def _build(
         meta = {
             "engine": engine,
             "model": {
-                k: model.get(k)
+                k: getattr(model, k)
                 for k in (
                     "id",
                     "name",

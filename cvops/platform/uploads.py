@@ -22,7 +22,7 @@ import time
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import msgspec
 from aiohttp import web
@@ -32,6 +32,7 @@ from cvops.blobs import BlobRef, BlobStore, BlobWriter
 from cvops.config import Settings
 from cvops.errors import BadRequest, CvopsError, PayloadTooLarge, UnsupportedMediaType, ValidationFailed
 from cvops.events.projection import Projection
+from cvops.events.projections import DatasetRecord, ModelRecord
 from cvops.events.schema import Envelope, UploadRejected
 from cvops.events.store import Store
 from cvops.platform.bodies import json_response
@@ -320,7 +321,7 @@ async def record_rejection(store: Store, kind: str, exc: BaseException, user: st
 # ------------------------------------------------------------------ accept / reject / ?wait, shared
 
 WAIT_S = 600.0
-Record = dict[str, Any]
+Record = ModelRecord | DatasetRecord
 
 
 @dataclass(frozen=True)
@@ -369,16 +370,17 @@ async def reply_record(request: web.Request, kind: UploadKind, record: Record) -
     """202 with the new record; with ``?wait=true`` the record once ready (200) or failed (422)."""
     if not query_bool(request, "wait"):
         return json_response(record, status=202)
-    record = await kind.wait(request.app[SERVICES].need_registry(), record["id"], WAIT_S)
-    if record["status"] == "failed":
+    record = await kind.wait(request.app[SERVICES].need_registry(), record.id, WAIT_S)
+    if record.status == "failed":
+        extra = record.error_details if isinstance(record, ModelRecord) else {}  # datasets keep none
         return json_response(
             {
                 "error": {
                     "code": f"{kind.kind}_rejected",
-                    "message": record.get("error") or f"{kind.kind} rejected",
-                    "details": {kind.kind: record, **(record.get("error_details") or {})},
+                    "message": record.error or f"{kind.kind} rejected",
+                    "details": {kind.kind: record, **extra},
                 }
             },
             status=422,
         )
-    return json_response(record, status=200 if record["status"] == "ready" else kind.pending_status)
+    return json_response(record, status=200 if record.status == "ready" else kind.pending_status)

@@ -37,10 +37,10 @@ async def test_the_dashboard_lists_the_cards_actors_by_name(tmp_path: Path, ray_
         spec = job_spec(TrainJob(model_id="0123456789abcdef", dataset_id="fedcba9876543210"))
         job = await scheduler.submit("train", spec, "tester")
         end = time.monotonic() + 60
-        while (view := await scheduler.get(job["id"]))["status"] not in ("succeeded", "failed", "cancelled"):
+        while (view := await scheduler.get(job.id)).status not in ("succeeded", "failed", "cancelled"):
             assert time.monotonic() < end, view
             await asyncio.sleep(0.2)
-        assert view["status"] == "failed" and "no model" in view["error"], view
+        assert view.status == "failed" and "no model" in (view.error or ""), view
         table = _actor_table()
         classes = {a["ActorClassName"] for a in table}
         assert {"EventLog", "ModelRegistry", "GPUScheduler", "Trainer"} <= classes, classes
@@ -49,7 +49,7 @@ async def test_the_dashboard_lists_the_cards_actors_by_name(tmp_path: Path, ray_
             names.get("cvops-scheduler") == "GPUScheduler" and names.get("cvops-registry") == "ModelRegistry"
         )
         assert names.get("cvops-eventlog") == "EventLog"
-        assert names.get(f"Trainer:{job['id']}:1") == "Trainer", names
+        assert names.get(f"Trainer:{job.id}:1") == "Trainer", names
     finally:
         for facade in (scheduler, registry):
             with contextlib.suppress(CvopsError):

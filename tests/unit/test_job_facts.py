@@ -180,14 +180,16 @@ async def test_inference_pool_resolves_engine_auto_from_its_projection(log: Even
     from cvops.actors.inference import InferencePool
     from cvops.config import Settings
     from cvops.errors import ValidationFailed
+    from cvops.events.projections import ModelRecord
 
-    pool = InferencePool(Settings(), log, registry=None)
-    assert await pool._resolve_engine({"id": "m1"}, "torch-cpu") == "torch-cpu"  # named: no lookup
+    pool = InferencePool(Settings(), log, registry=None)  # type: ignore[arg-type]
+    m1 = ModelRecord(id="m1", name="m1", task="classification")
+    assert await pool._resolve_engine(m1, "torch-cpu") == "torch-cpu"  # named: no lookup
     with pytest.raises(ValidationFailed):
-        await pool._resolve_engine({"id": "m1"}, "auto")  # no benchmark yet
+        await pool._resolve_engine(m1, "auto")  # no benchmark yet
     await log.append("job-1", [selected("1", "m1", "onnxruntime-cpu")])
     await log.append("job-2", [selected("2", "m2", "torch-cpu")])
-    assert await pool._resolve_engine({"id": "m1"}, "auto") == "onnxruntime-cpu"
+    assert await pool._resolve_engine(m1, "auto") == "onnxruntime-cpu"
     await log.append("job-3", [selected("3", "m1", "openvino-cpu")])
-    assert await pool._resolve_engine({"id": "m1"}, "auto") == "openvino-cpu"
+    assert await pool._resolve_engine(m1, "auto") == "openvino-cpu"
     assert pool.engines.position == 3

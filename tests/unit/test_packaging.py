@@ -9,10 +9,12 @@ import sys
 import tarfile
 from pathlib import Path
 
+import msgspec
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from cvops.errors import ValidationFailed
+from cvops.events.projections import ModelRecord
 from cvops.packaging import ROOT, build_package, package_files, verify_package
 
 KEY = Ed25519PrivateKey.generate()
@@ -97,9 +99,13 @@ def test_tampering_is_caught(tmp_path: Path) -> None:
 
 
 def test_package_files_rules(tmp_path: Path) -> None:
-    model = {"id": "m", "status": "ready", "onnx": {"sha256": "a" * 64, "torch_sha256": ""}}
+    model = ModelRecord(
+        id="m", name="m", task="classification", status="ready", onnx={"sha256": "a" * 64, "torch_sha256": ""}
+    )
     assert set(package_files(model, "onnxruntime-cpu", lambda s: tmp_path / s)) == {"model.onnx"}
     with pytest.raises(ValidationFailed):
         package_files(model, "torch-cpu", lambda s: tmp_path / s)
     with pytest.raises(ValidationFailed):
-        package_files({**model, "status": "pending"}, "onnxruntime-cpu", lambda s: tmp_path / s)
+        package_files(
+            msgspec.structs.replace(model, status="pending"), "onnxruntime-cpu", lambda s: tmp_path / s
+        )
