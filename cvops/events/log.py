@@ -147,6 +147,29 @@ def build_query(
     return sql, params
 
 
+def read_query(
+    closed: str,
+    path: Path,
+    after: int,
+    limit: int,
+    stream: str | None,
+    prefix: str | None,
+    types: Sequence[str] | None,
+    until_seq: int | None,
+    since_ts: float | None,
+    until_ts: float | None,
+) -> tuple[str, list[Any]]:
+    """The checked query of a Store's ``read``: Unavailable if ``closed`` names a closed log (it is the
+    error's message, empty while open), ValidationFailed on a negative ``limit``, else :func:`build_query`."""
+    if closed:
+        raise Unavailable(closed, {"path": str(path)})
+    if limit < 0:
+        raise ValidationFailed(f"limit must be >= 0, got {limit}")
+    return build_query(
+        after, limit, stream, prefix, types, since_ts=since_ts, until_ts=until_ts, until_seq=until_seq
+    )
+
+
 def rows_to_envelopes(rows: list[Any]) -> list[Envelope]:
     return [
         Envelope(seq=a, stream=b, version=c, type=d, ts=e, data=f, user=g, correlation_id=h, causation_id=i)
@@ -572,12 +595,9 @@ class EventLog:
         until_ts: float | None = None,
     ) -> list[Envelope]:
         """Committed envelopes with ``seq > after`` matching the filters, oldest first, at most ``limit``."""
-        if self._closed:
-            raise Unavailable("event log is closed", {"path": str(self.path)})
-        if limit < 0:
-            raise ValidationFailed(f"limit must be >= 0, got {limit}")
-        sql, params = build_query(
-            after, limit, stream, prefix, types, since_ts=since_ts, until_ts=until_ts, until_seq=until_seq
+        closed = "event log is closed" if self._closed else ""
+        sql, params = read_query(
+            closed, self.path, after, limit, stream, prefix, types, until_seq, since_ts, until_ts
         )
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._rexec, self._read_sync, sql, params)

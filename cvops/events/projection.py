@@ -18,6 +18,7 @@ The fold ``apply(state, envelope) -> state`` is pure; a projection never writes.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
@@ -26,15 +27,17 @@ from cvops.events.schema import Envelope
 from cvops.events.store import Store, SyncStore, matches
 
 S = TypeVar("S")
+St = TypeVar("St", Store, SyncStore)  # the store a cursor reads: async or blocking
 
 PAGE = 5000
 
 
-class _Cursor(Generic[S]):
-    """State + position + filters; the pure part both projections share."""
+class _Cursor(Generic[St, S]):
+    """The store it reads, state + position + filters; the pure part both projections share."""
 
     def __init__(
         self,
+        store: St,
         apply: Callable[[S, Envelope], S],
         initial: S,
         *,
@@ -43,6 +46,7 @@ class _Cursor(Generic[S]):
         types: Sequence[str] | None = None,
         page: int = PAGE,
     ) -> None:
+        self.store: St = store
         self.apply = apply
         self.state = initial
         self.position = 0  # every matching event with seq <= position has been folded
@@ -77,23 +81,12 @@ class _Cursor(Generic[S]):
         return True
 
 
-class Projection(_Cursor[S]):
+class Projection(_Cursor[Store, S]):
     """An async projection over a :class:`Store`; ``lock`` serialises its folds."""
 
-    def __init__(
-        self,
-        store: Store,
-        apply: Callable[[S, Envelope], S],
-        initial: S,
-        *,
-        stream: str | None = None,
-        prefix: str | None = None,
-        types: Sequence[str] | None = None,
-        page: int = PAGE,
-    ) -> None:
-        super().__init__(apply, initial, stream=stream, prefix=prefix, types=types, page=page)
-        self.store = store
-        self.lock = asyncio.Lock()
+    @functools.cached_property
+    def lock(self) -> asyncio.Lock:
+        return asyncio.Lock()  # made on first use (one event loop runs a projection: no race)
 
     async def catch_up(self) -> S:
         """Fold everything committed up to the current head; returns the state."""
@@ -131,22 +124,8 @@ class Projection(_Cursor[S]):
             await self.store.wait_for(self.position, remaining)
 
 
-class SyncProjection(_Cursor[S]):
+class SyncProjection(_Cursor[SyncStore, S]):
     """The blocking twin of :class:`Projection`, for code in a worker thread (one thread per instance)."""
-
-    def __init__(
-        self,
-        store: SyncStore,
-        apply: Callable[[S, Envelope], S],
-        initial: S,
-        *,
-        stream: str | None = None,
-        prefix: str | None = None,
-        types: Sequence[str] | None = None,
-        page: int = PAGE,
-    ) -> None:
-        super().__init__(apply, initial, stream=stream, prefix=prefix, types=types, page=page)
-        self.store = store
 
     def catch_up(self) -> S:
         head = self.store.wait_for(self.position, 0)

@@ -22,8 +22,8 @@ from typing import Protocol
 
 import aiosqlite
 
-from cvops.errors import Unavailable, ValidationFailed
-from cvops.events.log import build_query, rows_to_envelopes
+from cvops.errors import Unavailable
+from cvops.events.log import read_query, rows_to_envelopes
 from cvops.events.schema import Envelope, Event
 from cvops.events.store import Store, subscribe
 
@@ -71,12 +71,9 @@ class SqliteReader:
         until_ts: float | None = None,
     ) -> list[Envelope]:
         """Committed envelopes with ``seq > after`` matching the filters, oldest first, at most ``limit``."""
-        if self._closed:
-            raise Unavailable("event log reader is closed", {"path": str(self.path)})
-        if limit < 0:
-            raise ValidationFailed(f"limit must be >= 0, got {limit}")
-        sql, params = build_query(
-            after, limit, stream, prefix, types, since_ts=since_ts, until_ts=until_ts, until_seq=until_seq
+        closed = "event log reader is closed" if self._closed else ""
+        sql, params = read_query(
+            closed, self.path, after, limit, stream, prefix, types, until_seq, since_ts, until_ts
         )
         # execute and fetch in one job on the connection's thread: a statement left active between two
         # jobs would hold its read transaction open, and later reads would see that old snapshot

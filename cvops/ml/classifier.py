@@ -40,12 +40,12 @@ from cvops.ml.train_common import (
     build_optimizer,
     build_transforms,
     epoch_seed,
-    load_checkpoint,
     never,
     noop_checkpoint,
     noop_progress,
     reseed,
     restore_rng,
+    resume_checkpoint,
     rng_state,
     save_bytes,
     seed_worker,
@@ -190,14 +190,8 @@ def train_classifier(
     criterion = nn.CrossEntropyLoss(label_smoothing=hp.label_smoothing)
     run = _Run()
 
-    done = 0
-    if resume_from is not None:
-        ckpt = load_checkpoint(resume_from)
-        done = int(ckpt["epoch"])
-        if start_epoch not in (0, done):
-            raise ValidationFailed(
-                f"start_epoch={start_epoch} but the checkpoint is at epoch {done}", {"field": "start_epoch"}
-            )
+    ckpt, done = resume_checkpoint(resume_from, start_epoch)
+    if ckpt is not None:
         if ckpt.get("hyperparameters") not in (None, hyperparameters_dict(hp)):
             log.warning("resuming with hyperparameters that differ from the checkpoint's")
         model.load_state_dict(ckpt["model"])
@@ -216,8 +210,6 @@ def train_classifier(
         run.history = list(ckpt["history"])
         run.stopped_early = bool(ckpt.get("stopped_early", False))
         log.info("resuming from epoch %d of %d", done, hp.epochs)
-    elif start_epoch:
-        raise ValidationFailed("start_epoch needs resume_from (a checkpoint)", {"field": "start_epoch"})
     resumed_from = done
 
     first_step_s: float | None = None

@@ -21,7 +21,7 @@ import os
 import random
 import re
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -199,6 +199,23 @@ def validate_dataset(
     )
 
 
+def _files(folder: Path, base: Path, errors: _Errors) -> Iterator[tuple[Path, str]]:
+    """The visible files below ``folder`` (none hidden, none under a hidden folder), in name order, each
+    with its path relative to ``base``; a symbolic link is reported to ``errors`` and left out."""
+    for path in sorted(folder.rglob("*")):
+        if (
+            path.is_dir()
+            or not _visible(path)
+            or any(not _visible(p) for p in path.relative_to(folder).parents)
+        ):
+            continue
+        rel = _rel(path, base)
+        if path.is_symlink():
+            errors.add(f"{rel}: symbolic link ignored")
+            continue
+        yield path, rel
+
+
 def _rel(path: Path, base: Path) -> str:
     return path.relative_to(base).as_posix()
 
@@ -223,15 +240,7 @@ def _validate_imagefolder(base: Path, *, seed: int, val_fraction: float, full_de
                 errors.add(f"{_rel(entry, base)}: file outside a class folder ignored")
                 continue
             files: list[str] = []
-            for path in sorted(entry.rglob("*")):
-                if path.is_dir() or not all(_visible(p) for p in path.relative_to(entry).parents):
-                    continue
-                if not _visible(path):
-                    continue
-                rel = _rel(path, base)
-                if path.is_symlink():
-                    errors.add(f"{rel}: symbolic link ignored")
-                    continue
+            for path, rel in _files(entry, base, errors):
                 res = _check_image(path, full_decode)
                 if isinstance(res, str):
                     errors.add(f"{rel}: {res}")
@@ -423,17 +432,7 @@ def _validate_yolo(base: Path, *, seed: int, val_fraction: float, full_decode: b
         if images_dir is None:
             continue
         labels_dir = _labels_dir(images_dir)
-        for path in sorted(images_dir.rglob("*")):
-            if (
-                path.is_dir()
-                or not _visible(path)
-                or any(not _visible(p) for p in path.relative_to(images_dir).parents)
-            ):
-                continue
-            rel = _rel(path, base)
-            if path.is_symlink():
-                errors.add(f"{rel}: symbolic link ignored")
-                continue
+        for path, rel in _files(images_dir, base, errors):
             res = _check_image(path, full_decode)
             if isinstance(res, str):
                 if path.suffix.lower() not in IMAGE_EXTENSIONS and path.suffix.lower() in {".txt", ".cache"}:

@@ -32,10 +32,10 @@ from cvops.ml.train_common import (
     StopFn,
     TrainingCancelled,
     TrainResult,
-    load_checkpoint,
     never,
     noop_checkpoint,
     noop_progress,
+    resume_checkpoint,
     save_bytes,
 )
 
@@ -190,25 +190,17 @@ def train_detector(
     from ultralytics.nn.modules.head import Detect
     from ultralytics.nn.tasks import DetectionModel
 
-    done = 0
     history: list[dict[str, Any]] = []
     best_acc: float | None = None
     best_epoch = 0
     best_state: dict[str, torch.Tensor] | None = None
     resume_state: dict[str, torch.Tensor] | None = None
-    if resume_from is not None:
-        ckpt = load_checkpoint(resume_from)
-        done = int(ckpt["epoch"])
-        if start_epoch not in (0, done):
-            raise ValidationFailed(
-                f"start_epoch={start_epoch} but the checkpoint is at epoch {done}", {"field": "start_epoch"}
-            )
+    ckpt, done = resume_checkpoint(resume_from, start_epoch)
+    if ckpt is not None:
         resume_state = ckpt["model"]
         history = list(ckpt["history"])
         best_acc, best_epoch = ckpt["best_val_accuracy"], int(ckpt["best_epoch"])
         best_state = ckpt.get("best_state") or (resume_state if best_epoch == done else None)
-    elif start_epoch:
-        raise ValidationFailed("start_epoch needs resume_from (a checkpoint)", {"field": "start_epoch"})
 
     nc = len(info.classes)
     if module is None:

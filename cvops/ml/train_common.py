@@ -104,6 +104,22 @@ def load_checkpoint(data: bytes) -> dict[str, Any]:
     return ckpt
 
 
+def resume_checkpoint(resume_from: bytes | None, start_epoch: int) -> tuple[dict[str, Any] | None, int]:
+    """The checkpoint a trainer resumes from and the epoch it is at (``None, 0`` without one).
+    ValidationFailed if ``start_epoch`` is neither 0 nor that epoch, or is given without a checkpoint."""
+    if resume_from is None:
+        if start_epoch:
+            raise ValidationFailed("start_epoch needs resume_from (a checkpoint)", {"field": "start_epoch"})
+        return None, 0
+    ckpt = load_checkpoint(resume_from)
+    done = int(ckpt["epoch"])
+    if start_epoch not in (0, done):
+        raise ValidationFailed(
+            f"start_epoch={start_epoch} but the checkpoint is at epoch {done}", {"field": "start_epoch"}
+        )
+    return ckpt, done
+
+
 def load_state_dict_bytes(data: bytes) -> dict[str, torch.Tensor]:
     """The model weights in :attr:`TrainResult.state_dict` (or a checkpoint's, whichever is given)."""
     obj = load_bytes(data)

@@ -509,3 +509,18 @@ def test_cuda_amp_training_and_cpu_loadable_checkpoints(shapes: tuple[Path, Data
         SmallCNN(), root, info, hp, device="cuda", preprocessing=PP32, resume_from=ckpts[3]
     )
     assert resumed.epochs_done == 10 and resumed.resumed_from_epoch == 3 and len(resumed.history) == 10
+
+
+def test_resume_checkpoint_checks_start_epoch() -> None:
+    """The one resume check both trainers use: the checkpoint and its epoch, or why not."""
+    assert train_common.resume_checkpoint(None, 0) == (None, 0)
+    with pytest.raises(ValidationFailed, match="start_epoch needs resume_from"):
+        train_common.resume_checkpoint(None, 2)
+    data = tr.save_bytes({"format": tr.CHECKPOINT_FORMAT, "epoch": 3})
+    for start in (0, 3):
+        ckpt, done = train_common.resume_checkpoint(data, start)
+        assert done == 3 and ckpt is not None and ckpt["epoch"] == 3
+    with pytest.raises(ValidationFailed, match="start_epoch=2 but the checkpoint is at epoch 3"):
+        train_common.resume_checkpoint(data, 2)
+    with pytest.raises(ValidationFailed, match="not a cvops training checkpoint"):
+        train_common.resume_checkpoint(tr.save_bytes({"epoch": 3}), 0)
