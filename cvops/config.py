@@ -80,6 +80,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     weights_cache: str | None = None  # pretrained weights (default: <data_dir>/weights)
     # checkpoints kept per training run: "last,best" (default), "last", "all", or N (the newest N + the best)
     keep_checkpoints: str = "last,best"
+    # how the gateway reads the event log: "sqlite" (the file itself, read-only) or "actor" (through it)
+    event_reads: str = "sqlite"
 
     @property
     def data_path(self) -> Path:
@@ -147,6 +149,7 @@ _ENV: dict[str, tuple[str, type]] = {
     "CVOPS_MAX_CONVERSIONS": ("max_conversions", int),
     "CVOPS_WEIGHTS_CACHE": ("weights_cache", str),
     "CVOPS_KEEP_CHECKPOINTS": ("keep_checkpoints", str),
+    "CVOPS_EVENT_READS": ("event_reads", str),
 }
 
 ENV_NAMES = tuple(_ENV)
@@ -169,6 +172,11 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: object) -> 
     if settings.gpu_tokens < 1 or settings.inference_workers < 1 or settings.queue_limit < 1:
         raise ValidationFailed("CVOPS_GPU_TOKENS, CVOPS_INFERENCE_WORKERS and CVOPS_QUEUE_LIMIT must be >= 1")
     parse_keep(settings.keep_checkpoints)  # a bad CVOPS_KEEP_CHECKPOINTS fails at start-up
+    if settings.event_reads not in ("sqlite", "actor"):
+        raise ValidationFailed(
+            f"CVOPS_EVENT_READS={settings.event_reads!r} is not valid: use sqlite or actor",
+            {"env": "CVOPS_EVENT_READS"},
+        )
     return settings
 
 

@@ -299,7 +299,7 @@ async def start_services(settings: Settings, services: Services) -> str | None:
     # the gateway reads the file through aiosqlite; the actor stays the only writer
     # (CVOPS_EVENT_READS=actor reads through the actor as before: for scripts/bench_event_reads.py)
     store: EventStore | ReadThroughStore = writer
-    if os.environ.get("CVOPS_EVENT_READS", "sqlite") != "actor":
+    if settings.event_reads == "sqlite":
         store = await ReadThroughStore.open(settings.db_path, writer)
     services.store = store
     services.closers.append(store.close)

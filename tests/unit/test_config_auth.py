@@ -41,12 +41,19 @@ def test_env_overrides_and_sizes() -> None:
     )
     assert s.port == 9000 and s.max_model_bytes == 2 * 1024**2 and s.gpu_tokens == 3
     assert s.ray_address == "ray://head:10001"
+    assert s.event_reads == "sqlite" and load_settings({"CVOPS_EVENT_READS": "actor"}).event_reads == "actor"
     assert s.masked()["jwt_secret"] == "***"
     assert parse_size("1GiB") == 1024**3 and parse_size("10") == 10 and parse_size("1.5KB") == 1500
 
 
 @pytest.mark.parametrize(
-    "env", [{"CVOPS_PORT": "eighty"}, {"CVOPS_MAX_MODEL_BYTES": "lots"}, {"CVOPS_GPU_TOKENS": "0"}]
+    "env",
+    [
+        {"CVOPS_PORT": "eighty"},
+        {"CVOPS_MAX_MODEL_BYTES": "lots"},
+        {"CVOPS_GPU_TOKENS": "0"},
+        {"CVOPS_EVENT_READS": "postgres"},
+    ],
 )
 def test_bad_env_is_a_clear_error(env: dict[str, str]) -> None:
     with pytest.raises(ValidationFailed):
