@@ -360,6 +360,7 @@ class _Run:
             threads=self.config.threads,
             max_batch=max(self.config.batch_sizes),
             input_shape=self.chw,
+            batch_sizes=sorted({1, *self.config.batch_sizes}),  # 1: the agreement runs
         )
 
     def agreement_outputs(self, engine: Engine) -> list[list[np.ndarray]]:

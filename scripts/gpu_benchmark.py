@@ -52,6 +52,97 @@ def export(model: Any, size: int, path: Path) -> None:
     )
 
 
+def eager_fp16(
+    model: Any, size: int, batch_sizes: list[int], warmup: int, iterations: int
+) -> dict[str, dict[int, float]]:
+    """Plain eager torch, fp16 weights, channels-last, cuDNN autotuner on — the peer line, in img/s.
+
+    ``host``: from the same float32 numpy batch the engines get (``torch.from_numpy(x).cuda()``, then half
+    and channels-last on the GPU) to outputs on the host: the same work as an engine call.
+    ``device``: the input already on the GPU, outputs left there: the GPU's ceiling for this model."""
+    import numpy as np
+    import torch
+
+    torch.backends.cudnn.benchmark = True
+    m = copy.deepcopy(model).cuda().half().to(memory_format=torch.channels_last).eval()
+    out: dict[str, dict[int, float]] = {"host": {}, "device": {}}
+    with torch.inference_mode():
+        for n in batch_sizes:
+            x = np.random.default_rng(n).standard_normal((n, 3, size, size)).astype(np.float32)
+            xd = torch.from_numpy(x).cuda().half().contiguous(memory_format=torch.channels_last)
+
+            def host(x: Any = x) -> None:
+                t = torch.from_numpy(x).cuda().half().contiguous(memory_format=torch.channels_last)
+                m(t).float().cpu()
+
+            def device(xd: Any = xd) -> None:
+                m(xd)
+
+            for label, step in (("host", host), ("device", device)):
+                for _ in range(warmup):
+                    step()
+                torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                for _ in range(iterations):
+                    step()
+                torch.cuda.synchronize()
+                out[label][n] = n * iterations / (time.perf_counter() - t0)
+    return out
+
+
+def peer_rounds(
+    onnx: Path,
+    factory: Any,
+    model: Any,
+    size: int,
+    batch: int,
+    engines: list[str],
+    rounds: int,
+    iterations: int,
+) -> dict[str, float]:
+    """img/s of each engine and of plain eager fp16 channels-last (host input), measured in alternation,
+    ``rounds`` times, medians — so the ratio is not the GPU's or the host's mood at two moments."""
+    import statistics
+
+    import numpy as np
+    import torch
+
+    from cvops.ml.engines import get_engine
+
+    torch.backends.cudnn.benchmark = True
+    x = np.random.default_rng(batch).standard_normal((batch, 3, size, size)).astype(np.float32)
+    eager = copy.deepcopy(model).cuda().half().to(memory_format=torch.channels_last).eval()
+
+    def eager_step() -> None:
+        with torch.inference_mode():
+            t = torch.from_numpy(x).cuda().half().contiguous(memory_format=torch.channels_last)
+            eager(t).float().cpu()
+
+    steps: dict[str, Any] = {"eager fp16 channels-last": eager_step}
+    loaded = []
+    for name in engines:
+        for pinned in (False, True):
+            eng = get_engine(name)
+            eng.pinned = pinned  # type: ignore[attr-defined]
+            eng.load(onnx, torch_module_factory=factory, input_shape=[3, size, size], batch_sizes=[batch])
+            loaded.append(eng)
+            steps[f"{name} ({'pinned' if pinned else 'pageable'})"] = lambda e=eng: e.run(x)
+    got: dict[str, list[float]] = {k: [] for k in steps}
+    for _ in range(rounds):
+        for label, step in steps.items():
+            for _ in range(5):
+                step()
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            for _ in range(iterations):
+                step()
+            torch.cuda.synchronize()
+            got[label].append(batch * iterations / (time.perf_counter() - t0))
+    for eng in loaded:
+        eng.close()
+    return {k: statistics.median(v) for k, v in got.items()}
+
+
 def fmt(v: float | None, places: int = 2) -> str:
     return "-" if v is None else f"{v:.{places}f}"
 
@@ -70,6 +161,10 @@ def main() -> None:
     ap.add_argument("--memory-limit-mb", type=float, default=None, help="like CVOPS_GPU_MEMORY_MB")
     ap.add_argument("--max-seconds-per-engine", type=float, default=300.0)
     ap.add_argument("--max-p95-ms", type=float, default=None)
+    ap.add_argument(
+        "--peer-batch", type=int, default=32, help="batch size of the alternating peer comparison"
+    )
+    ap.add_argument("--peer-rounds", type=int, default=0, help="rounds of the alternating peer comparison")
     ap.add_argument("--json", type=Path, default=None, help="write the BenchmarkResult here")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args()
@@ -116,6 +211,17 @@ def main() -> None:
             device_index=args.device_index,
             memory_limit_mb=args.memory_limit_mb,
         )
+        if args.peer_rounds:
+            cuda = [e for e in args.engines if e.startswith("torch-cuda")]
+            peer = peer_rounds(
+                path, factory, model, args.image_size, args.peer_batch, cuda, args.peer_rounds, 30
+            )
+            base = peer["eager fp16 channels-last"]
+            print(
+                f"alternating comparison at batch {args.peer_batch}, {args.peer_rounds} rounds, median img/s:"
+            )
+            for label, ips in peer.items():
+                print(f"  {label:<36}{ips:>10.1f}  {ips / base:.2f}x eager")
 
     m = res.machine
     print(f"machine: {m.get('gpu', 'no GPU')} | {m.get('platform')} | onnxruntime {m.get('onnxruntime')} "
@@ -141,6 +247,22 @@ def main() -> None:
                   f"{fmt(b.gpu_util_percent, 0):>7}{diff:>10}{top1:>6}  {' '.join(notes)}")  # fmt: skip
         for s in r.skipped_batches:
             print(f"{r.engine:<22}{s.batch_size:>6}  skipped: {s.reason}")
+    import torch
+
+    if torch.cuda.is_available():
+        peer = eager_fp16(model, args.image_size, args.batch_sizes, args.warmup, args.iterations)
+        print("plain eager torch fp16 channels-last (the peer), img/s:")
+        for n in args.batch_sizes:
+            line = (
+                f"  batch {n:>4}: host input {peer['host'][n]:>9.1f}   input on GPU {peer['device'][n]:>9.1f}"
+            )
+            for r in res.results:
+                if r.engine.startswith("torch-cuda"):
+                    b = next((b for b in r.batches if b.batch_size == n), None)
+                    if b is not None:
+                        line += f"   {r.engine} {b.throughput_ips / peer['host'][n]:.2f}x host"
+                        line += f" {b.throughput_ips / peer['device'][n]:.2f}x GPU-resident"
+            print(line)
     for objective in ("latency", "throughput"):
         sel = select(res.results, cfg.constraints, objective)
         print(

@@ -24,11 +24,13 @@ ENGINE_NAMES: tuple[str, ...] = (
     "onnxruntime-cpu",
     "onnxruntime-cpu-int8",
     "onnxruntime-cuda",
+    "onnxruntime-cuda-fp16",
     "onnxruntime-tensorrt",
     "tensorrt-fp16",
     "torch-cpu",
     "torch-cuda",
     "torch-cuda-fp16",
+    "torch-cuda-compiled",
 )
 
 

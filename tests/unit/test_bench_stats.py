@@ -98,7 +98,7 @@ def test_compare_outputs() -> None:
 def test_config_defaults_and_validation() -> None:
     cfg = BenchmarkConfig()
     assert cfg.batch_sizes == [1, 8] and cfg.warmup == 10 and cfg.iterations == 50 and cfg.seed == 0
-    assert len(cfg.engines) == 8 and cfg.objective == "latency"
+    assert len(cfg.engines) == 10 and cfg.objective == "latency"
     cfg2 = BenchmarkConfig.from_dict(
         {"engines": ["onnxruntime-cpu"], "iterations": 5, "constraints": {"max_p95_ms": 10}}
     )

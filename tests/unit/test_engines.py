@@ -110,12 +110,13 @@ def test_list_engines_reports_every_engine() -> None:
     for info in infos:
         assert info.available or info.reason  # unavailable always says why
     if not torch.cuda.is_available():
-        for name in ("torch-cuda", "torch-cuda-fp16"):
+        for name in ("torch-cuda", "torch-cuda-fp16", "torch-cuda-compiled"):
             assert not by_name[name].available and "CUDA" in by_name[name].reason
     import onnxruntime
 
     if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
         assert by_name["onnxruntime-cuda"].reason == "onnxruntime-gpu not installed"
+        assert by_name["onnxruntime-cuda-fp16"].reason == "onnxruntime-gpu not installed"
     if "TensorrtExecutionProvider" not in onnxruntime.get_available_providers():
         assert by_name["onnxruntime-tensorrt"].reason == "TensorRT execution provider not available"
     if importlib.util.find_spec("tensorrt") is None:
@@ -147,25 +148,36 @@ def test_to_float32_outputs_flattens() -> None:
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("name", ["torch-cuda", "torch-cuda-fp16"])
+@pytest.mark.parametrize("name", ["torch-cuda", "torch-cuda-fp16", "torch-cuda-compiled"])
 def test_torch_cuda_engines(tiny_onnx: Path, name: str) -> None:
-    x = batch(4)
-    ref = run_engine("onnxruntime-cpu", tiny_onnx, x)
-    out = run_engine(name, tiny_onnx, x, make_tiny)
-    np.testing.assert_allclose(out[0], ref[0], atol=2e-2 if name.endswith("fp16") else 1e-3)
+    ref = run_engine("onnxruntime-cpu", tiny_onnx, batch(4))
+    eng = get_engine(name)
+    eng.load(tiny_onnx, torch_module_factory=make_tiny, input_shape=[3, 16, 16], batch_sizes=[1, 4])
+    try:
+        first = eng.run(batch(4))
+        again = eng.run(batch(4) * 0)  # buffers are reused: the earlier result must not change
+        eng.run(batch(1))
+        out = eng.run(batch(4))
+    finally:
+        eng.close()
+    tol = 1e-3 if name == "torch-cuda" else 2e-2
+    np.testing.assert_allclose(first[0], ref[0], atol=tol)
+    np.testing.assert_allclose(out[0], ref[0], atol=tol)
+    assert not np.allclose(first[0], again[0])
 
 
 @pytest.mark.gpu
-def test_onnxruntime_cuda(tiny_onnx: Path) -> None:
+@pytest.mark.parametrize("name", ["onnxruntime-cuda", "onnxruntime-cuda-fp16"])
+def test_onnxruntime_cuda(tiny_onnx: Path, name: str) -> None:
     import onnxruntime
 
     if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
         pytest.skip("onnxruntime-gpu not installed")
     x = batch(2)
     np.testing.assert_allclose(
-        run_engine("onnxruntime-cuda", tiny_onnx, x)[0],
+        run_engine(name, tiny_onnx, x)[0],
         run_engine("onnxruntime-cpu", tiny_onnx, x)[0],
-        atol=1e-3,
+        atol=1e-3 if name == "onnxruntime-cuda" else 2e-2,
     )
 
 
@@ -179,3 +191,16 @@ def test_tensorrt_engines(tiny_onnx: Path, name: str) -> None:
         x = batch(n)
         out = run_engine(name, tiny_onnx, x)
         np.testing.assert_allclose(out[0], run_engine("onnxruntime-cpu", tiny_onnx, x)[0], atol=2e-2)
+
+
+def test_float16_conversion_keeps_float32_io(tiny_onnx: Path, tmp_path: Path) -> None:
+    import onnx
+
+    from cvops.ml.engines_ort import convert_to_float16
+
+    dst = tmp_path / "half.onnx"
+    convert_to_float16(tiny_onnx, dst)
+    model = onnx.load(str(dst))
+    f32, f16 = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16
+    assert {i.type.tensor_type.elem_type for i in [*model.graph.input, *model.graph.output]} == {f32}
+    assert model.graph.initializer and {t.data_type for t in model.graph.initializer} == {f16}
