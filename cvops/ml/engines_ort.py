@@ -132,7 +132,20 @@ class OrtCudaEngine(_OrtEngine):
         self._make_session(onnx_path, kw["threads"], self._cuda_providers(kw["device_index"]))
 
     @staticmethod
-    def _cuda_providers(device_index: int) -> list[Any]:
+    def _preload_cuda_libraries() -> None:
+        """onnxruntime-gpu finds CUDA and cuDNN from the nvidia-* wheels (torch's) only when asked."""
+        import onnxruntime as ort
+
+        preload = getattr(ort, "preload_dlls", None)
+        if preload is not None:
+            try:
+                preload()
+            except Exception as exc:  # noqa: BLE001 - the session will say what is missing
+                log.warning("onnxruntime.preload_dlls failed: %s", exc)
+
+    @classmethod
+    def _cuda_providers(cls, device_index: int) -> list[Any]:
+        cls._preload_cuda_libraries()
         cuda = {
             "device_id": device_index,
             "cudnn_conv_algo_search": "EXHAUSTIVE",  # once per shape, at the warm-up
