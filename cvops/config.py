@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import msgspec
@@ -82,6 +82,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     keep_checkpoints: str = "last,best"
     # how the gateway reads the event log: "sqlite" (the file itself, read-only) or "actor" (through it)
     event_reads: str = "sqlite"
+    # CUDA deployments decode JPEGs on the GPU (nvjpeg); False keeps decoding on the CPU
+    gpu_decode: bool = True
 
     @property
     def data_path(self) -> Path:
@@ -117,7 +119,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         return out  # type: ignore[no-any-return]
 
 
-_ENV: dict[str, tuple[str, type]] = {
+def _flag(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("use 1/true/yes/on or 0/false/no/off")
+
+
+_ENV: dict[str, tuple[str, Callable[[str], object]]] = {
     "CVOPS_DATA_DIR": ("data_dir", str),
     "CVOPS_HOST": ("host", str),
     "CVOPS_PORT": ("port", int),
@@ -150,7 +161,9 @@ _ENV: dict[str, tuple[str, type]] = {
     "CVOPS_WEIGHTS_CACHE": ("weights_cache", str),
     "CVOPS_KEEP_CHECKPOINTS": ("keep_checkpoints", str),
     "CVOPS_EVENT_READS": ("event_reads", str),
+    "CVOPS_GPU_DECODE": ("gpu_decode", _flag),
 }
+
 
 ENV_NAMES = tuple(_ENV)
 

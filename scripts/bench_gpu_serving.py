@@ -41,7 +41,9 @@ sys.path.insert(0, str(ROOT / "scripts"))
 _PRED: Any = None
 
 
-def build_predictor(model: str, engine_name: str, max_batch: int, threads: int | None) -> Any:
+def build_predictor(
+    model: str, engine_name: str, max_batch: int, threads: int | None, gpu_decode: bool = False
+) -> Any:
     from cvops.ml.engines import get_engine
     from cvops.ml.inference import Predictor
     from cvops.ml.presets import build_preset
@@ -58,16 +60,21 @@ def build_predictor(model: str, engine_name: str, max_batch: int, threads: int |
         engine.load(
             onnx_path, torch_module_factory=lambda: built.module, max_batch=max_batch, threads=threads
         )
-    return Predictor(engine, built.task, built.labels, built.preprocessing, max_batch=max_batch)
+    gpu = None
+    if gpu_decode and engine.device == "cuda":
+        from cvops.ml.gpu_preprocess import GpuPreprocessor
+
+        gpu = GpuPreprocessor(built.preprocessing)
+    return Predictor(engine, built.task, built.labels, built.preprocessing, max_batch=max_batch, gpu=gpu)
 
 
-def _init(model: str, engine_name: str, max_batch: int, threads: int | None) -> None:
+def _init(model: str, engine_name: str, max_batch: int, threads: int | None, gpu_decode: bool) -> None:
     global _PRED
     if "cuda" in engine_name:  # the CPU side is PIL/numpy; many torch threads per process only contend
         import torch
 
         torch.set_num_threads(threads or 2)
-    _PRED = build_predictor(model, engine_name, max_batch, threads)
+    _PRED = build_predictor(model, engine_name, max_batch, threads, gpu_decode)
 
 
 def _predict(items: list[tuple[bytes, str, int]]) -> list[dict[str, Any]]:
@@ -85,9 +92,11 @@ def free_port() -> int:
 class ProcessWorker:
     """A WorkerHandle whose batches run in one dedicated process."""
 
-    def __init__(self, ctx: Any, model: str, engine: str, max_batch: int, threads: int | None) -> None:
+    def __init__(
+        self, ctx: Any, model: str, engine: str, max_batch: int, threads: int | None, gpu_decode: bool
+    ) -> None:
         self.pool = cf.ProcessPoolExecutor(
-            1, mp_context=ctx, initializer=_init, initargs=(model, engine, max_batch, threads)
+            1, mp_context=ctx, initializer=_init, initargs=(model, engine, max_batch, threads, gpu_decode)
         )
 
     async def call(self, items: list[tuple[bytes, str, int]]) -> list[dict[str, Any]]:
@@ -107,7 +116,8 @@ async def serve_and_load(args: argparse.Namespace, jpeg_path: Path) -> dict[str,
 
     ctx = mp.get_context("spawn")
     workers = [
-        ProcessWorker(ctx, args.model, args.engine, args.max_batch, args.threads) for _ in range(args.workers)
+        ProcessWorker(ctx, args.model, args.engine, args.max_batch, args.threads, args.gpu_decode)
+        for _ in range(args.workers)
     ]
     t0 = time.perf_counter()
     jpeg = jpeg_path.read_bytes()
@@ -156,7 +166,7 @@ async def serve_and_load(args: argparse.Namespace, jpeg_path: Path) -> dict[str,
 
 
 def ceilings(args: argparse.Namespace, jpeg: bytes, seconds: float) -> dict[str, float]:
-    pred = build_predictor(args.model, args.engine, args.max_batch, args.threads)
+    pred = build_predictor(args.model, args.engine, args.max_batch, args.threads, args.gpu_decode)
     items = [(jpeg, "image/jpeg", 5)] * args.max_batch
     tensors = [pred.prepare(jpeg, "image/jpeg")[0] for _ in range(args.max_batch)]
     for _ in range(5):
@@ -184,13 +194,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--users", type=int, default=100)
     ap.add_argument("--duration", type=float, default=20.0)
     ap.add_argument("--no-ceilings", action="store_true")
+    ap.add_argument(
+        "--cpu-decode",
+        dest="gpu_decode",
+        action="store_false",
+        help="decode JPEGs on the CPU even for a CUDA engine (the default decodes them on the GPU)",
+    )
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
     from bench_serving import photo_jpeg
 
     jpeg = photo_jpeg()
     info: dict[str, Any] = {"model": args.model, "engine": args.engine, "workers": args.workers,
-                            "max_batch": args.max_batch, "users": args.users, "cpus": os.cpu_count()}  # fmt: skip
+                            "max_batch": args.max_batch, "users": args.users, "gpu_decode": args.gpu_decode, "cpus": os.cpu_count()}  # fmt: skip
     try:
         import torch
 

@@ -41,6 +41,19 @@ def deployment_stream(deployment_id: str) -> str:
     return f"deployment-{deployment_id}"
 
 
+def _gpu_preprocessor(settings: Settings, device: str, pre: Preprocessing) -> Any:
+    """A GpuPreprocessor for a CUDA engine when GPU decoding is on and possible here, else None."""
+    if device != "cuda" or not settings.gpu_decode:
+        return None
+    from cvops.ml.gpu_preprocess import GpuPreprocessor, gpu_decode_reason
+
+    reason = gpu_decode_reason()
+    if reason:
+        log.warning("JPEGs are decoded on the CPU: %s", reason)
+        return None
+    return GpuPreprocessor(pre)
+
+
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0)
 class InferenceWorker:
     """Holds one engine session for one deployment; ``predict`` runs one batch."""
@@ -74,6 +87,7 @@ class InferenceWorker:
             pre,
             threads=threads,
             video_timeout_s=settings.video_deadline_s,
+            gpu=_gpu_preprocessor(settings, eng.device, pre),
         )
 
     # No Ray task event per batch: traffic is counted in metrics, not recorded (DESIGN.md §2), and the

@@ -124,12 +124,31 @@ class OrtCpuInt8Engine(_OrtEngine):
 class OrtCudaEngine(_OrtEngine):
     name = "onnxruntime-cuda"
     device = "cuda"
+    _device_index = 0
 
     def _available(self) -> tuple[bool, str]:
         return self._ort_available("CUDAExecutionProvider", "onnxruntime-gpu not installed")
 
     def _load(self, onnx_path: Path, **kw: Any) -> None:
+        self._device_index = int(kw["device_index"])
         self._make_session(onnx_path, kw["threads"], self._cuda_providers(kw["device_index"]))
+
+    def run_device(self, x: Any) -> list[np.ndarray]:
+        """An NCHW float32 torch tensor already on the GPU (GPU decoding), bound in place (I/O binding)."""
+        import torch
+
+        if self._session is None:
+            raise EngineUnavailable(f"{self.name} is not loaded", {"engine": self.name})
+        x = x.contiguous()
+        torch.cuda.current_stream(x.device).synchronize()  # onnxruntime reads it on its own stream
+        binding = self._session.io_binding()
+        binding.bind_input(
+            self._input_name, "cuda", self._device_index, np.float32, list(x.shape), x.data_ptr()
+        )
+        for out in self._session.get_outputs():
+            binding.bind_output(out.name)
+        self._session.run_with_iobinding(binding)
+        return to_float32_outputs(binding.copy_outputs_to_cpu())
 
     @staticmethod
     def _preload_cuda_libraries() -> None:

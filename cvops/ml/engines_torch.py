@@ -1,12 +1,13 @@
 """Engines that run the original torch module: CPU, CUDA fp32/fp16 and the compiled CUDA engine.
 
-The CUDA engines run the way the hardware wants (measured with ``scripts/gpu_benchmark.py``):
-weights and inputs channels-last, fp16 *weights* (not autocast) for ``-fp16``, cuDNN's autotuner on, and
-per batch size a pinned host buffer and device buffers made once, so a call is one host memcpy into
-pinned memory, one H2D copy, the forward pass, one D2H copy of the outputs and one stream
-synchronisation — no allocation per call.  ``torch-cuda-compiled`` is the fp16 engine through
-``torch.compile`` with CUDA graphs (``mode="reduce-overhead"``), one graph per batch size, built at
-load time so the compile counts as build time.
+The CUDA engines run the way the hardware wants (measured with ``scripts/gpu_benchmark.py``): weights and
+inputs channels-last, fp16 *weights* (not autocast) for ``-fp16``, cuDNN's autotuner on where the batch
+sizes are known in advance (benchmarks), and per batch size device buffers made once, so a call is one
+H2D copy (the driver's, from the caller's array: faster than a memcpy into pinned memory first), the
+forward pass and one D2H copy of the outputs.  ``run_device`` takes a tensor already on the GPU (JPEGs
+decoded there).  ``torch-cuda-compiled`` is the fp16 engine through ``torch.compile`` with CUDA graphs
+(``mode="reduce-overhead"``), one graph per batch size, built at load time so the compile counts as
+build time.
 """
 
 from __future__ import annotations
@@ -108,7 +109,11 @@ class TorchCudaEngine(Engine):
 
         self._device = torch.device(f"cuda:{kw['device_index']}")
         torch.cuda.set_device(self._device)
-        torch.backends.cudnn.benchmark = True  # the fastest kernel per shape, chosen at the warm-up
+        if kw["batch_sizes"]:
+            # the fastest kernel per shape, chosen at the warm-up: only where the shapes are known (a
+            # benchmark); serving sees every batch size from 1 to max_batch, and tuning each on first
+            # sight cost seconds of p95 (measured with scripts/bench_gpu_serving.py)
+            torch.backends.cudnn.benchmark = True
         module = _module_from(kw["torch_module_factory"]).to(self._device)
         if self.half:
             module = module.half()
@@ -148,7 +153,22 @@ class TorchCudaEngine(Engine):
                 buf.staging.copy_(buf.host, non_blocking=True)
             else:  # the driver's own staged copy straight from the caller's pageable array (measured faster)
                 buf.staging.copy_(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)))
-            buf.model_in.copy_(buf.staging)  # dtype and layout on the GPU, into the buffer made once
+            return self._run_model(buf, buf.staging)
+
+    def run_device(self, x: Any) -> list[np.ndarray]:
+        """Like :meth:`run` for an NCHW float32 tensor already on this engine's device (GPU decoding)."""
+        if self._module is None:
+            raise EngineUnavailable(f"{self.name} is not loaded", {"engine": self.name})
+        import torch
+
+        with torch.inference_mode():
+            return self._run_model(self._buffers_for(tuple(x.shape)), x)
+
+    def _run_model(self, buf: _Buffers, x: Any) -> list[np.ndarray]:
+        import torch
+
+        with torch.inference_mode():
+            buf.model_in.copy_(x)  # dtype and layout on the GPU, into the buffer made once
             out = self._forward(buf.model_in)
             if isinstance(out, torch.Tensor) and self.pinned:
                 out32 = out.float() if out.dtype != torch.float32 else out

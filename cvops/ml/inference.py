@@ -510,6 +510,12 @@ class Engine(Protocol):
     def run(self, batch: np.ndarray) -> np.ndarray | list[np.ndarray]: ...
 
 
+class GpuBatcher(Protocol):  # cvops.ml.gpu_preprocess.GpuPreprocessor
+    def accepts(self, data: bytes, content_type: str) -> bool: ...
+
+    def prepare(self, datas: Sequence[bytes]) -> tuple[Any, list[Transform]]: ...
+
+
 def cpu_engine(onnx_path: str | Path, threads: int = 1) -> Engine:
     """The ``onnxruntime-cpu`` engine of :mod:`cvops.ml.engines`, loaded (what a Predictor given a
     path runs)."""
@@ -552,7 +558,9 @@ class Predictor:
         video_stride: int = 1,
         video_batch: int = 8,
         video_timeout_s: float | None = None,
+        gpu: GpuBatcher | None = None,
     ) -> None:
+        """``gpu``: decodes the JPEGs it accepts on the GPU (the engine then needs ``run_device``)."""
         if task not in ("classification", "detection"):
             raise ValidationFailed(f"unknown task {task!r}", {"task": task})
         self.engine: Engine = cpu_engine(engine, threads) if isinstance(engine, (str, Path)) else engine
@@ -569,6 +577,7 @@ class Predictor:
         self.video_timeout_s = video_timeout_s  # for all the videos of one predict_images call
         self._target = (int(preprocessing.image_size[0]), int(preprocessing.image_size[-1]))
         self._key = "detections" if task == "detection" else "predictions"
+        self.gpu = gpu if gpu is not None and hasattr(self.engine, "run_device") else None
 
     # -- pieces
     def prepare(self, data: bytes, content_type: str) -> tuple[np.ndarray, Transform]:
@@ -589,6 +598,24 @@ class Predictor:
             outs.extend(out[i] for i in range(out.shape[0]))
         return outs
 
+    def _run_gpu(self, datas: list[bytes], transforms: list[Transform]) -> list[np.ndarray]:
+        """Output rows of JPEGs decoded on the GPU ([] if nvjpeg refused them); extends ``transforms``."""
+        if not datas or self.gpu is None:
+            return []
+        try:
+            x, ts = self.gpu.prepare(datas)
+        except Exception as exc:  # noqa: BLE001 - e.g. a JPEG nvjpeg cannot read: the CPU path decides
+            log.info("GPU decoding refused a batch of %d (%s); decoding on the CPU", len(datas), exc)
+            return []
+        run_device = self.engine.run_device  # type: ignore[attr-defined]
+        outs: list[np.ndarray] = []
+        step = self.max_batch or len(datas)
+        for s in range(0, len(datas), step):
+            out = _first_output(run_device(x[s : s + step]))
+            outs.extend(out[i] for i in range(out.shape[0]))
+        transforms.extend(ts)
+        return outs
+
     def postprocess(self, out: np.ndarray, transform: Transform, top_k: int = 5) -> list[dict[str, Any]]:
         if self.task == "detection":
             return postprocess_detection(out, self.labels, transform, self.conf, self.iou, self.max_det)
@@ -606,7 +633,13 @@ class Predictor:
         good: list[int] = []
         tensors: list[np.ndarray] = []
         transforms: list[Transform] = []
+        gpu = self.gpu
+        gpu_items = [i for i, (d, c, _k) in enumerate(items) if gpu is not None and gpu.accepts(d, c)]
+        outs: list[np.ndarray] = self._run_gpu([items[i][0] for i in gpu_items], transforms)
+        good.extend(gpu_items[: len(outs)])  # [] when the GPU could not decode them: the CPU way below
         for i, (data, ctype, _k) in enumerate(items):
+            if i in good:
+                continue
             try:
                 if media_type(ctype) in VIDEO_TYPES:
                     results[i] = self.predict_video(data, deadline)
@@ -619,7 +652,8 @@ class Predictor:
             tensors.append(x)
             transforms.append(t)
         if tensors:
-            outs = self.run_batch(tensors)
+            outs += self.run_batch(tensors)
+        if outs:
             for i, out, t in zip(good, outs, transforms, strict=True):
                 try:
                     results[i] = {self._key: self.postprocess(out, t, items[i][2])}
