@@ -7,6 +7,10 @@ Exports the model to ONNX (dynamic batch axis) in a temp dir, runs ``cvops.bench
 ``--engines`` (default: all; the torch engines get the same module through a factory), prints one row
 per engine × batch size, then the latency and the throughput selection.  ``--json PATH`` also writes the
 BenchmarkResult as JSON.  Engines this machine cannot run are listed with the reason.
+
+The peer line: plain eager torch (fp16 weights, channels-last, cuDNN autotuner, from the same float32
+numpy batch to outputs on the host) against each torch CUDA engine, measured in alternation for
+``--peer-rounds`` rounds at ``--peer-batch`` (medians), so the ratio does not depend on when each ran.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import msgspec
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cvops.bench import BenchmarkConfig, run_benchmark  # noqa: E402
-from cvops.ml.engines import ENGINE_NAMES  # noqa: E402
+from cvops.ml.engines import ENGINE_NAMES, get_engine  # noqa: E402
 from cvops.selection import Constraints, select  # noqa: E402
 
 
@@ -50,44 +54,6 @@ def export(model: Any, size: int, path: Path) -> None:
         dynamo=False,
         opset_version=17,
     )
-
-
-def eager_fp16(
-    model: Any, size: int, batch_sizes: list[int], warmup: int, iterations: int
-) -> dict[str, dict[int, float]]:
-    """Plain eager torch, fp16 weights, channels-last, cuDNN autotuner on — the peer line, in img/s.
-
-    ``host``: from the same float32 numpy batch the engines get (``torch.from_numpy(x).cuda()``, then half
-    and channels-last on the GPU) to outputs on the host: the same work as an engine call.
-    ``device``: the input already on the GPU, outputs left there: the GPU's ceiling for this model."""
-    import numpy as np
-    import torch
-
-    torch.backends.cudnn.benchmark = True
-    m = copy.deepcopy(model).cuda().half().to(memory_format=torch.channels_last).eval()
-    out: dict[str, dict[int, float]] = {"host": {}, "device": {}}
-    with torch.inference_mode():
-        for n in batch_sizes:
-            x = np.random.default_rng(n).standard_normal((n, 3, size, size)).astype(np.float32)
-            xd = torch.from_numpy(x).cuda().half().contiguous(memory_format=torch.channels_last)
-
-            def host(x: Any = x) -> None:
-                t = torch.from_numpy(x).cuda().half().contiguous(memory_format=torch.channels_last)
-                m(t).float().cpu()
-
-            def device(xd: Any = xd) -> None:
-                m(xd)
-
-            for label, step in (("host", host), ("device", device)):
-                for _ in range(warmup):
-                    step()
-                torch.cuda.synchronize()
-                t0 = time.perf_counter()
-                for _ in range(iterations):
-                    step()
-                torch.cuda.synchronize()
-                out[label][n] = n * iterations / (time.perf_counter() - t0)
-    return out
 
 
 def peer_rounds(
@@ -164,7 +130,9 @@ def main() -> None:
     ap.add_argument(
         "--peer-batch", type=int, default=32, help="batch size of the alternating peer comparison"
     )
-    ap.add_argument("--peer-rounds", type=int, default=0, help="rounds of the alternating peer comparison")
+    ap.add_argument(
+        "--peer-rounds", type=int, default=5, help="rounds of the alternating peer comparison (0: none)"
+    )
     ap.add_argument("--json", type=Path, default=None, help="write the BenchmarkResult here")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args()
@@ -211,8 +179,8 @@ def main() -> None:
             device_index=args.device_index,
             memory_limit_mb=args.memory_limit_mb,
         )
-        if args.peer_rounds:
-            cuda = [e for e in args.engines if e.startswith("torch-cuda")]
+        cuda = [e for e in args.engines if e.startswith("torch-cuda") and get_engine(e).available()[0]]
+        if args.peer_rounds and cuda:
             peer = peer_rounds(
                 path, factory, model, args.image_size, args.peer_batch, cuda, args.peer_rounds, 30
             )
@@ -247,22 +215,6 @@ def main() -> None:
                   f"{fmt(b.gpu_util_percent, 0):>7}{diff:>10}{top1:>6}  {' '.join(notes)}")  # fmt: skip
         for s in r.skipped_batches:
             print(f"{r.engine:<22}{s.batch_size:>6}  skipped: {s.reason}")
-    import torch
-
-    if torch.cuda.is_available():
-        peer = eager_fp16(model, args.image_size, args.batch_sizes, args.warmup, args.iterations)
-        print("plain eager torch fp16 channels-last (the peer), img/s:")
-        for n in args.batch_sizes:
-            line = (
-                f"  batch {n:>4}: host input {peer['host'][n]:>9.1f}   input on GPU {peer['device'][n]:>9.1f}"
-            )
-            for r in res.results:
-                if r.engine.startswith("torch-cuda"):
-                    b = next((b for b in r.batches if b.batch_size == n), None)
-                    if b is not None:
-                        line += f"   {r.engine} {b.throughput_ips / peer['host'][n]:.2f}x host"
-                        line += f" {b.throughput_ips / peer['device'][n]:.2f}x GPU-resident"
-            print(line)
     for objective in ("latency", "throughput"):
         sel = select(res.results, cfg.constraints, objective)
         print(

@@ -16,7 +16,7 @@ catch-up, the gateway's own projections) need not cross Ray to the EventLog acto
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -24,8 +24,8 @@ import aiosqlite
 
 from cvops.errors import Unavailable
 from cvops.events.log import read_query, rows_to_envelopes
-from cvops.events.schema import Envelope, Event
-from cvops.events.store import Store, subscribe
+from cvops.events.schema import Envelope
+from cvops.events.store import ForwardingStore, Reader, Store
 
 
 class SqliteReader:
@@ -92,7 +92,7 @@ class Writer(Store, Protocol):
     async def close(self) -> None: ...
 
 
-class ReadThroughStore:
+class ReadThroughStore(ForwardingStore):
     """A :class:`~cvops.events.store.Store` that reads the file and writes through the one writer."""
 
     def __init__(self, reader: SqliteReader, writer: Writer) -> None:
@@ -104,53 +104,11 @@ class ReadThroughStore:
         """Compose ``writer`` with a reader of its file (the writer must have opened it already)."""
         return cls(await SqliteReader.open(path), writer)
 
-    async def append(
-        self,
-        stream: str,
-        events: Sequence[Event],
-        expected_version: int | None = None,
-        *,
-        user: str = "",
-        correlation_id: str = "",
-        causation_id: str = "",
-    ) -> list[Envelope]:
-        return await self.writer.append(
-            stream,
-            events,
-            expected_version,
-            user=user,
-            correlation_id=correlation_id,
-            causation_id=causation_id,
-        )
+    def _writer(self) -> Store:
+        return self.writer
 
-    async def read(
-        self,
-        after: int = 0,
-        limit: int = 1000,
-        stream: str | None = None,
-        prefix: str | None = None,
-        types: Sequence[str] | None = None,
-        until_seq: int | None = None,
-    ) -> list[Envelope]:
-        return await self.reader.read(
-            after=after, limit=limit, stream=stream, prefix=prefix, types=types, until_seq=until_seq
-        )
-
-    async def stream_version(self, stream: str) -> int:
-        return await self.writer.stream_version(stream)
-
-    async def wait_for(self, after: int, timeout: float) -> int:
-        return await self.writer.wait_for(after, timeout)
-
-    def subscribe(
-        self,
-        after: int = 0,
-        *,
-        stream: str | None = None,
-        prefix: str | None = None,
-        types: Sequence[str] | None = None,
-    ) -> AsyncIterator[Envelope]:
-        return subscribe(self, after, stream=stream, prefix=prefix, types=types)
+    def _reader(self) -> Reader:
+        return self.reader
 
     async def close(self) -> None:
         """Close the reader, then the writer."""

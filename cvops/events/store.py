@@ -143,3 +143,76 @@ async def subscribe(
         for env in envs:
             yield env
         pos = envs[-1].seq if len(envs) == batch else head
+
+
+class Reader(Protocol):
+    """The read half of a :class:`Store` (what a read-only reader of the file offers)."""
+
+    async def read(
+        self,
+        after: int = 0,
+        limit: int = 1000,
+        stream: str | None = None,
+        prefix: str | None = None,
+        types: Sequence[str] | None = None,
+        until_seq: int | None = None,
+    ) -> list[Envelope]: ...
+
+
+class ForwardingStore:
+    """A :class:`Store` that hands each call to another: appends, versions and waits to
+    :meth:`_writer`, reads to :meth:`_reader` (the same store unless a subclass splits them)."""
+
+    def _writer(self) -> Store:
+        raise NotImplementedError
+
+    def _reader(self) -> Reader:
+        return self._writer()
+
+    async def append(
+        self,
+        stream: str,
+        events: Sequence[Event],
+        expected_version: int | None = None,
+        *,
+        user: str = "",
+        correlation_id: str = "",
+        causation_id: str = "",
+    ) -> list[Envelope]:
+        return await self._writer().append(
+            stream,
+            events,
+            expected_version,
+            user=user,
+            correlation_id=correlation_id,
+            causation_id=causation_id,
+        )
+
+    async def read(
+        self,
+        after: int = 0,
+        limit: int = 1000,
+        stream: str | None = None,
+        prefix: str | None = None,
+        types: Sequence[str] | None = None,
+        until_seq: int | None = None,
+    ) -> list[Envelope]:
+        return await self._reader().read(
+            after=after, limit=limit, stream=stream, prefix=prefix, types=types, until_seq=until_seq
+        )
+
+    async def stream_version(self, stream: str) -> int:
+        return await self._writer().stream_version(stream)
+
+    async def wait_for(self, after: int, timeout: float) -> int:
+        return await self._writer().wait_for(after, timeout)
+
+    def subscribe(
+        self,
+        after: int = 0,
+        *,
+        stream: str | None = None,
+        prefix: str | None = None,
+        types: Sequence[str] | None = None,
+    ) -> AsyncIterator[Envelope]:
+        return subscribe(self, after, stream=stream, prefix=prefix, types=types)

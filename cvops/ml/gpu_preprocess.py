@@ -23,6 +23,7 @@ from typing import Any
 from PIL import Image
 
 from cvops.events.schema import Preprocessing
+from cvops.ml.engine_base import _torch_cuda_reason
 from cvops.ml.inference import LETTERBOX_PAD, MAX_PIXELS, Transform, media_type
 
 log = logging.getLogger(__name__)
@@ -33,13 +34,10 @@ JPEG_TYPES = frozenset({"image/jpeg", "image/jpg", "image/pjpeg"})
 def gpu_decode_reason() -> str:
     """ "" when this process can decode JPEGs on a CUDA device, else why not."""
     try:
-        import torch
         import torchvision.io  # noqa: F401
     except ImportError as exc:
         return f"torchvision not installed ({exc})"
-    if not torch.cuda.is_available():
-        return "no CUDA device"
-    return ""
+    return _torch_cuda_reason()
 
 
 def goes_to_gpu(data: bytes, content_type: str, pre: Preprocessing) -> bool:

@@ -8,13 +8,12 @@ reaches the real store once boot has put it there.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
 
 from cvops.errors import Unavailable
-from cvops.events.schema import Envelope, Event
-from cvops.events.store import Store
+from cvops.events.store import ForwardingStore, Store
 
 if TYPE_CHECKING:
     from cvops.actors.inference import InferencePool
@@ -61,44 +60,11 @@ class Services:
         return _started(self.auth, True, "auth")
 
 
-class BootedStore:
+class BootedStore(ForwardingStore):
     """A :class:`~cvops.events.store.Store` over ``services.store``: 503 until boot is done."""
 
     def __init__(self, services: Services) -> None:
         self.services = services
 
-    async def append(
-        self,
-        stream: str,
-        events: Sequence[Event],
-        expected_version: int | None = None,
-        *,
-        user: str = "",
-        correlation_id: str = "",
-        causation_id: str = "",
-    ) -> list[Envelope]:
-        return await self.services.need_store().append(
-            stream,
-            events,
-            expected_version,
-            user=user,
-            correlation_id=correlation_id,
-            causation_id=causation_id,
-        )
-
-    async def read(
-        self,
-        after: int = 0,
-        limit: int = 1000,
-        stream: str | None = None,
-        prefix: str | None = None,
-        types: Sequence[str] | None = None,
-        until_seq: int | None = None,
-    ) -> list[Envelope]:
-        return await self.services.need_store().read(after, limit, stream, prefix, types, until_seq)
-
-    async def stream_version(self, stream: str) -> int:
-        return await self.services.need_store().stream_version(stream)
-
-    async def wait_for(self, after: int, timeout: float) -> int:
-        return await self.services.need_store().wait_for(after, timeout)
+    def _writer(self) -> Store:
+        return self.services.need_store()
