@@ -19,15 +19,17 @@ import msgspec
 import ray
 from ray.exceptions import RayActorError
 
+from cvops import errors
 from cvops.actors.common import NAMESPACE, call, worker_priority
 from cvops.config import Settings
-from cvops.errors import Conflict, CvopsError, NotFound, ValidationFailed
+from cvops.errors import Conflict, CvopsError, GatewayTimeout, NotFound, ValidationFailed
 from cvops.events import projections as proj
 from cvops.events.job_facts import ENGINE_TYPES, EngineChoices, apply_engine_selected
 from cvops.events.projection import Projection
 from cvops.events.schema import DeploymentCreated, DeploymentDeleted, Preprocessing
 from cvops.events.store import Store
-from cvops.serving import BatchingRouter, RouterStats, WorkerDied
+from cvops.ml.video import VIDEO_TYPES, media_type
+from cvops.serving import DEFAULT_MAX_WAIT_MS, BatchingRouter, RouterStats, WorkerDied, default_max_batch
 
 if TYPE_CHECKING:
     from cvops.actors.registry import Registry
@@ -121,11 +123,18 @@ class _WorkerHandle:
 
 class _Deployment:
     def __init__(
-        self, record: proj.DeploymentRecord, workers: list[Any], router: BatchingRouter[Any, Any]
+        self,
+        record: proj.DeploymentRecord,
+        workers: list[Any],
+        router: BatchingRouter[Any, Any],
+        task: str = "classification",
+        preprocessing: Preprocessing | None = None,
     ) -> None:
         self.record = record
         self.workers = workers
         self.router = router
+        self.task = task
+        self.preprocessing = preprocessing or Preprocessing()
         self.window_start = time.time()
 
 
@@ -211,12 +220,18 @@ class InferencePool:
         if engine != "auto":
             return engine
         chosen = (await self.engines.catch_up()).get(model.id)
-        if chosen is None:
+        if chosen is None or chosen.selected is None:
             raise ValidationFailed(
                 "engine 'auto' needs a finished benchmark of this model; run a benchmark job first",
                 {"field": "engine", "model_id": model.id},
             )
-        return chosen
+        return chosen.selected
+
+    async def _default_max_batch(self, model_id: str, engine: str) -> int:
+        chosen = (await self.engines.catch_up()).get(model_id)
+        if chosen is None:
+            return default_max_batch(engine, None, None)
+        return default_max_batch(engine, chosen.selected, chosen.selected_batch)
 
     async def _bring_up(self, rec: proj.DeploymentRecord) -> _Deployment:
         model = await self.registry.get(rec.model_id)
@@ -259,7 +274,8 @@ class InferencePool:
             timeout_s=self.settings.inference_timeout_s,
             on_worker_died=on_died,
         )
-        dep = _Deployment(rec, workers, router)
+        pre = msgspec.convert((model.onnx or {}).get("preprocessing") or {}, Preprocessing)
+        dep = _Deployment(rec, workers, router, model.task, pre)
         holder.append(dep)
         self.live[rec.id] = dep
         return dep
@@ -281,8 +297,16 @@ class InferencePool:
             return
 
     async def create(
-        self, model_id: str, engine: str, workers: int | None, max_batch: int, max_wait_ms: float, user: str
+        self,
+        model_id: str,
+        engine: str,
+        workers: int | None,
+        max_batch: int | None,
+        max_wait_ms: float | None,
+        user: str,
     ) -> DeploymentView:
+        """``max_batch`` None: the batch the model's benchmark selected for this engine, else by device
+        (:func:`cvops.serving.default_max_batch`); ``max_wait_ms`` None: 5 ms."""
         from cvops.ml.engines import ENGINE_NAMES
 
         model = await self.registry.get(model_id)
@@ -293,6 +317,10 @@ class InferencePool:
                 f"unknown engine {engine!r}", {"field": "engine", "known": ["auto", *ENGINE_NAMES]}
             )
         engine = await self._resolve_engine(model, engine)
+        if max_batch is None:
+            max_batch = await self._default_max_batch(model_id, engine)
+        if max_wait_ms is None:
+            max_wait_ms = DEFAULT_MAX_WAIT_MS
         n = workers or default_workers(self.settings)
         dep_id = uuid.uuid4().hex[:16]
         event = DeploymentCreated(
@@ -365,8 +393,47 @@ class InferencePool:
             if dep_id in self.state.deployments and self.state.deployments[dep_id].status == "active":
                 raise Conflict(f"deployment {dep_id} is not serving (its engine could not be loaded)")
             raise NotFound(f"no deployment {dep_id!r}", {"deployment_id": dep_id})
+        if media_type(content_type) in VIDEO_TYPES and len(dep.workers) > 1:
+            return await self._predict_video(dep, body, top_k)
         result: dict[str, Any] = await dep.router.submit((body, content_type, top_k))
         return result
+
+    async def _predict_video(self, dep: _Deployment, body: bytes, top_k: int) -> dict[str, Any]:
+        """Decode the video once here and spread its frames over the deployment's workers in batches
+        (through the same router as images), keeping their order; a one-worker deployment decodes the
+        video in its worker instead (:meth:`cvops.ml.inference.Predictor.predict_video`)."""
+        from cvops.ml.video import VIDEO_MAX_FRAMES, decode_video, fan_out_frames
+
+        rec, pre = dep.record, dep.preprocessing
+        timeout = self.settings.video_deadline_s
+        fit = (int(pre.image_size[0]), int(pre.image_size[-1])) if pre.resize == "letterbox" else None
+        key = "detections" if dep.task == "detection" else "predictions"
+
+        async def submit(data: bytes, ctype: str) -> dict[str, Any]:
+            out: dict[str, Any] = await dep.router.submit((data, ctype, top_k))
+            if "error" in out:
+                raise errors.from_dict(out)
+            return out
+
+        try:
+            video = await asyncio.to_thread(
+                decode_video, body, VIDEO_MAX_FRAMES, 1, fit, time.monotonic() + timeout
+            )
+            frames = await fan_out_frames(video, submit, in_flight=len(dep.workers) * rec.max_batch)
+        except GatewayTimeout as e:
+            raise GatewayTimeout(
+                f"video decoding did not finish within {timeout:g} s (CVOPS_VIDEO_TIMEOUT_S); "
+                "send a shorter or smaller video",
+                {**e.details, "timeout_s": timeout},
+            ) from None
+        if not frames:
+            raise ValidationFailed("the video has no decodable frames")
+        return {
+            "frames": [{"index": i, key: r[key]} for i, r in frames],
+            "fps": video.fps,
+            "width": video.width,
+            "height": video.height,
+        }
 
     def router_of(self, dep_id: str) -> BatchingRouter[Any, Any] | None:
         dep = self.live.get(dep_id)

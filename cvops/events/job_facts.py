@@ -19,7 +19,7 @@ TRIAL_TYPES = ("TrialCompleted",)
 ENDED: dict[str, str] = {"JobSucceeded": "succeeded", "JobFailed": "failed", "JobCancelled": "cancelled"}
 ENDED_TYPES = tuple(sorted(ENDED))
 
-EngineChoices = dict[str, str]  # model id -> engine
+EngineChoices = dict[str, EngineSelected]  # model id -> the selection that chose its engine
 Trials = dict[tuple[int, int], TrialCompleted]  # (generation, index) -> the trial's record
 EndedJobs = dict[str, str]  # job id -> terminal status
 
@@ -29,7 +29,7 @@ def apply_engine_selected(state: EngineChoices, env: Envelope) -> EngineChoices:
     if env.type in ENGINE_TYPES:
         ev = env.event()
         if isinstance(ev, EngineSelected) and ev.selected:
-            state[ev.model_id] = ev.selected
+            state[ev.model_id] = ev
     return state
 
 

@@ -23,8 +23,10 @@ class DeploymentRequest(msgspec.Struct, forbid_unknown_fields=True):
     model_id: str
     engine: str = "auto"
     workers: int | None = None
-    max_batch: int = 8
-    max_wait_ms: float = 5.0
+    max_batch: int | None = (
+        None  # default: the benchmark's selected batch for the engine, else 8 (CPU) / 32 (GPU)
+    )
+    max_wait_ms: float | None = None  # default 5
 
 
 class DeploymentOut(msgspec.Struct):
@@ -56,9 +58,9 @@ async def create_deployment(request: web.Request) -> web.StreamResponse:
     body = await read_json(request, DeploymentRequest, request.app[SETTINGS].max_json_bytes)
     if body.workers is not None and not 1 <= body.workers <= 64:
         raise E.ValidationFailed("workers must be 1..64", {"field": "workers"})
-    if not 1 <= body.max_batch <= 256:
+    if body.max_batch is not None and not 1 <= body.max_batch <= 256:
         raise E.ValidationFailed("max_batch must be 1..256", {"field": "max_batch"})
-    if not 0 <= body.max_wait_ms <= 1000:
+    if body.max_wait_ms is not None and not 0 <= body.max_wait_ms <= 1000:
         raise E.ValidationFailed("max_wait_ms must be 0..1000", {"field": "max_wait_ms"})
     pool = request.app[SERVICES].need_pool()
     view = await pool.create(

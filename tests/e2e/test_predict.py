@@ -300,6 +300,28 @@ def test_mp4_frames_get_detections_in_frame_coordinates(live: Live, fake_detecto
     assert status == 422, body
 
 
+def test_mp4_frames_spread_over_workers_give_the_same_answer(live: Live, fake_detector: str) -> None:
+    """A deployment of 2 workers decodes the video once in the gateway and spreads its frames over the
+    workers (issue 14); the answer is the one a single worker gives, frame for frame, in order."""
+    model_id = request(live.url, "GET", f"/api/v1/deployments/{fake_detector}", token=live.admin)[1][
+        "model_id"
+    ]
+    two = _deploy(live, model_id, workers=2)
+    try:
+        video = _mp4(frames=12)
+        s1, one_worker = _predict(live, fake_detector, video, "video/mp4")
+        s2, two_workers = _predict(live, two, video, "video/mp4")
+        assert s1 == s2 == 200, (one_worker, two_workers)
+        assert [f["index"] for f in two_workers["frames"]] == list(range(12))
+        assert two_workers == one_worker
+        status, body = _predict(live, two, b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 200, "video/mp4")
+        assert status == 422, body
+        status, body = _predict(live, two, b"raw frame bytes", "application/x-cvops-frame; w=1; h=1")
+        assert status == 415, body  # the internal frame type is never taken over HTTP
+    finally:
+        request(live.url, "DELETE", f"/api/v1/deployments/{two}", token=live.admin)
+
+
 def _mp4(frames: int = 6, width: int = 128, height: int = 96) -> bytes:
     import av
 

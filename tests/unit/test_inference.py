@@ -403,3 +403,40 @@ def test_exif_orientation_is_applied_and_sizes_follow() -> None:
     assert orig == (400, 200)  # as displayed: 200 wide, 400 high
     assert arr.shape[0] > arr.shape[1]
     assert decode_image(buf.getvalue(), "image/jpeg").shape == (400, 200, 3)
+
+
+def test_frame_items_round_trip_and_refuse_wrong_sizes() -> None:
+    from cvops.ml.video import frame_image, frame_item
+
+    frame = np.random.default_rng(0).integers(0, 255, (6, 10, 3), dtype=np.uint8)
+    body, ctype = frame_item(frame, (60, 100))
+    img, orig = frame_image(body, ctype)
+    assert orig == (60, 100) and np.array_equal(np.asarray(img), frame)
+    with pytest.raises(ValidationFailed):
+        frame_image(body[:-1], ctype)
+    with pytest.raises(ValidationFailed):
+        frame_image(body, "application/x-cvops-frame; w=10")
+
+
+async def test_fan_out_decodes_once_keeps_order_and_bounds_in_flight(mp4: bytes) -> None:
+    import asyncio
+
+    from cvops.ml.video import fan_out_frames, frame_image
+
+    in_flight, peak, seen = 0, 0, []
+
+    async def submit(body: bytes, ctype: str) -> int:
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        img, orig = frame_image(body, ctype)
+        await asyncio.sleep(0.01 * (len(seen) % 3))  # answers come back out of order
+        seen.append(orig)
+        in_flight -= 1
+        return int(np.asarray(img).sum())
+
+    video = decode_video(mp4)
+    got = await fan_out_frames(video, submit, in_flight=2)
+    want = [(i, int(f.sum())) for i, f in decode_video(mp4)]
+    assert got == want and peak == 2
+    assert set(seen) == {(video.height, video.width)}

@@ -71,7 +71,8 @@ def test_engine_choice_is_the_latest_selection_per_model() -> None:
             ("job-5", JobProgressed(job_id="5", progress={})),
         ),
     )
-    assert state == {"m1": "openvino-cpu", "m2": "torch-cpu"}
+    assert {m: ev.selected for m, ev in state.items()} == {"m1": "openvino-cpu", "m2": "torch-cpu"}
+    assert state["m1"].selected_batch == 1
 
 
 def test_trials_by_generation_and_index() -> None:
@@ -166,11 +167,11 @@ async def test_engine_choices_catch_up_incrementally(log: EventLog) -> None:
     engines: Projection[EngineChoices] = Projection(store, apply_engine_selected, {}, types=ENGINE_TYPES)  # type: ignore[arg-type]
     for i in range(5):
         await log.append(f"job-{i}", [selected(str(i), "m1", "onnxruntime-cpu")])
-    assert (await engines.catch_up()).get("m1") == "onnxruntime-cpu"
+    assert (await engines.catch_up())["m1"].selected == "onnxruntime-cpu"
     assert store.returned == 5
     await log.append("job-x", [JobProgressed(job_id="x", progress={})])
     await log.append("job-y", [selected("y", "m1", "torch-cpu")])
-    assert (await engines.catch_up()).get("m1") == "torch-cpu"
+    assert (await engines.catch_up())["m1"].selected == "torch-cpu"
     assert store.returned == 6  # only the new selection was read
     assert (await engines.catch_up()).get("m2") is None
     assert store.returned == 6
@@ -193,3 +194,7 @@ async def test_inference_pool_resolves_engine_auto_from_its_projection(log: Even
     await log.append("job-3", [selected("3", "m1", "openvino-cpu")])
     assert await pool._resolve_engine(m1, "auto") == "openvino-cpu"
     assert pool.engines.position == 3
+    # with no max_batch in the request: the benchmark's batch for the engine it chose, else by device
+    assert await pool._default_max_batch("m1", "openvino-cpu") == 1
+    assert await pool._default_max_batch("m1", "onnxruntime-cpu") == 8
+    assert await pool._default_max_batch("m9", "torch-cuda-fp16") == 32

@@ -270,3 +270,14 @@ async def test_mark_dead_fails_queued_work_when_no_worker_is_left() -> None:
     r.replace_worker(0, FakeWorker("new"))
     assert await r.submit(3) == "new:3"
     await r.close()
+
+
+def test_default_max_batch_follows_the_benchmark_then_the_device() -> None:
+    from cvops.serving import default_max_batch
+
+    assert default_max_batch("onnxruntime-cpu", None, None) == 8
+    assert default_max_batch("torch-cuda-fp16", None, None) == 32
+    assert default_max_batch("tensorrt-fp16", "onnxruntime-cpu", 4) == 32  # chosen for another engine
+    assert default_max_batch("torch-cuda-fp16", "torch-cuda-fp16", 128) == 128
+    assert default_max_batch("onnxruntime-cpu", "onnxruntime-cpu", 1) == 1
+    assert default_max_batch("torch-cuda", "torch-cuda", 1024) == 256
