@@ -75,6 +75,10 @@ class InferenceWorker:
         onnx = model.onnx or {}
         pre = msgspec.convert(onnx["preprocessing"], Preprocessing)
         eng = get_engine(engine)
+        if hasattr(eng, "plan_cache"):  # TensorRT: the deployment's workers build one plan, then reuse it
+            from cvops.ml.plan_cache import PlanCache
+
+            eng.plan_cache = PlanCache.beside_blobs(settings.blob_root)
         has_torch = bool(onnx.get("torch_sha256"))
         eng.load(
             blobs.path(onnx["sha256"]),

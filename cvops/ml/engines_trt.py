@@ -9,6 +9,7 @@ import numpy as np
 
 from cvops.errors import EngineUnavailable, ValidationFailed
 from cvops.ml.engine_base import Engine, _chw, _torch_cuda_reason, to_float32_outputs
+from cvops.ml.plan_cache import PlanCache, PlanKey, file_sha256
 
 
 class TensorrtFp16Engine(Engine):
@@ -22,6 +23,7 @@ class TensorrtFp16Engine(Engine):
 
     name = "tensorrt-fp16"
     device = "cuda"
+    plan_cache: PlanCache | None = None  # set by the caller: ten workers of a deployment build one plan
 
     def __init__(self) -> None:
         super().__init__()
@@ -48,6 +50,40 @@ class TensorrtFp16Engine(Engine):
         self._device = torch.device(f"cuda:{kw['device_index']}")
         torch.cuda.set_device(self._device)
         logger = trt.Logger(trt.Logger.WARNING)
+        if self.plan_cache is None:
+            serialized = self._build(onnx_path, kw, logger)
+        else:
+            major, minor = torch.cuda.get_device_capability(self._device)
+            key = PlanKey(
+                model_sha256=file_sha256(onnx_path),
+                gpu=f"{torch.cuda.get_device_name(self._device)} sm{major}{minor}",
+                runtime=f"tensorrt {trt.__version__}",
+                profile=((int(kw["max_batch"]), *[int(v) for v in kw["input_shape"] or ()]),),
+            )
+            serialized, _built = self.plan_cache.get_or_build(
+                key, lambda: bytes(self._build(onnx_path, kw, logger))
+            )
+        runtime = trt.Runtime(logger)
+        self._engine = runtime.deserialize_cuda_engine(serialized)
+        if self._engine is None:
+            raise EngineUnavailable("TensorRT failed to deserialise the engine", {"engine": self.name})
+        self._context = self._engine.create_execution_context()
+        self._stream = torch.cuda.Stream(device=self._device)
+        for i in range(self._engine.num_io_tensors):
+            name = self._engine.get_tensor_name(i)
+            if self._engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
+                self._inputs.append(name)
+            else:
+                self._outputs.append(name)
+        if len(self._inputs) != 1:
+            raise EngineUnavailable(
+                f"tensorrt-fp16 supports one input, the model has {len(self._inputs)}", {"engine": self.name}
+            )
+
+    def _build(self, onnx_path: Path, kw: dict[str, Any], logger: Any) -> Any:
+        """Parse the ONNX and build the serialized engine (minutes for a large model)."""
+        import tensorrt as trt
+
         builder = trt.Builder(logger)
         flags = 0
         major = int(str(trt.__version__).split(".")[0])
@@ -80,22 +116,7 @@ class TensorrtFp16Engine(Engine):
         serialized = builder.build_serialized_network(network, config)
         if serialized is None:
             raise EngineUnavailable("TensorRT failed to build the engine", {"engine": self.name})
-        runtime = trt.Runtime(logger)
-        self._engine = runtime.deserialize_cuda_engine(serialized)
-        if self._engine is None:
-            raise EngineUnavailable("TensorRT failed to deserialise the engine", {"engine": self.name})
-        self._context = self._engine.create_execution_context()
-        self._stream = torch.cuda.Stream(device=self._device)
-        for i in range(self._engine.num_io_tensors):
-            name = self._engine.get_tensor_name(i)
-            if self._engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
-                self._inputs.append(name)
-            else:
-                self._outputs.append(name)
-        if len(self._inputs) != 1:
-            raise EngineUnavailable(
-                f"tensorrt-fp16 supports one input, the model has {len(self._inputs)}", {"engine": self.name}
-            )
+        return serialized
 
     def _torch_dtype(self, name: str) -> Any:
         import tensorrt as trt
