@@ -397,17 +397,26 @@ class InferencePool:
             if dep_id in self.state.deployments and self.state.deployments[dep_id].status == "active":
                 raise Conflict(f"deployment {dep_id} is not serving (its engine could not be loaded)")
             raise NotFound(f"no deployment {dep_id!r}", {"deployment_id": dep_id})
-        if media_type(content_type) in VIDEO_TYPES and len(dep.workers) > 1:
-            return await self._predict_video(dep, body, top_k)
+        if media_type(content_type) in VIDEO_TYPES and self.fans_out_video(dep_id):
+            return await self.predict_video(dep_id, body, top_k)
         result: dict[str, Any] = await dep.router.submit((body, content_type, top_k))
         return result
 
-    async def _predict_video(self, dep: _Deployment, body: bytes, top_k: int) -> dict[str, Any]:
+    def fans_out_video(self, dep_id: str) -> bool:
+        """Whether a video for this deployment is decoded here and spread over its workers (several
+        workers) rather than decoded and run by one worker."""
+        dep = self.live.get(dep_id)
+        return dep is not None and len(dep.workers) > 1
+
+    async def predict_video(self, dep_id: str, body: bytes, top_k: int) -> dict[str, Any]:
         """Decode the video once here and spread its frames over the deployment's workers in batches
         (through the same router as images), keeping their order; a one-worker deployment decodes the
         video in its worker instead (:meth:`cvops.ml.inference.Predictor.predict_video`)."""
         from cvops.ml.video import VIDEO_MAX_FRAMES, decode_video, fan_out_frames
 
+        dep = self.live.get(dep_id)
+        if dep is None:
+            raise NotFound(f"no deployment {dep_id!r}", {"deployment_id": dep_id})
         rec, pre = dep.record, dep.preprocessing
         timeout = self.settings.video_deadline_s
         fit = (int(pre.image_size[0]), int(pre.image_size[-1])) if pre.resize == "letterbox" else None

@@ -125,7 +125,10 @@ async def predict(request: web.Request) -> web.StreamResponse:
         body = await read_body(request, settings.max_predict_bytes, admission.hold)
         if not body:
             raise E.ValidationFailed("empty body; send the image bytes")
-        result = await router.submit((body, ctype, top_k), admission)
+        if ctype in VIDEO_TYPES and pool.fans_out_video(dep_id):  # frames spread over the workers
+            result = await pool.predict_video(dep_id, body, top_k)
+        else:
+            result = await router.submit((body, ctype, top_k), admission)
         err = result.get("error") if isinstance(result, dict) else None
         if err:
             raise E.from_dict(err, status=422)

@@ -314,6 +314,8 @@ def test_mp4_frames_spread_over_workers_give_the_same_answer(live: Live, fake_de
         assert s1 == s2 == 200, (one_worker, two_workers)
         assert [f["index"] for f in two_workers["frames"]] == list(range(12))
         assert two_workers == one_worker
+        router = request(live.url, "GET", f"/api/v1/deployments/{two}", token=live.admin)[1]["router"]
+        assert router["requests"] >= 12  # one routed item per frame: the frames went through the queue
         status, body = _predict(live, two, b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 200, "video/mp4")
         assert status == 422, body
         status, body = _predict(live, two, b"raw frame bytes", "application/x-cvops-frame; w=1; h=1")
