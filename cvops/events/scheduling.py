@@ -427,6 +427,22 @@ def _record(state: SchedulerState, job_id: str) -> JobRecord:
     return rec
 
 
+class Readiness(msgspec.Struct, frozen=True, kw_only=True):
+    """What :func:`plan_submit` needs to know beyond the scheduler's own state: the status of the
+    model and the dataset the spec names, as the shell looked them up in the registry (``None``: no
+    such record, or it was deleted)."""
+
+    model_status: str | None = None
+    dataset_status: str | None = None
+
+
+def _check_ready(what: str, record_id: Any, status: str | None) -> None:
+    if status is None:
+        raise NotFound(f"no {what} {record_id!r}", {f"{what}_id": record_id})
+    if status != "ready":
+        raise ValidationFailed(f"{what} {record_id} is {status}, not ready", {"field": f"{what}_id"})
+
+
 def plan_submit(
     state: SchedulerState,
     job_id: str,
@@ -436,14 +452,48 @@ def plan_submit(
     limit: int,
     *,
     parent_job_id: str | None = None,
+    ready: Readiness = Readiness(),
 ) -> list[Event]:
-    """``[JobSubmitted, JobQueued]``; 429 when ``limit`` jobs are already queued, 409 on a known id."""
+    """``[JobSubmitted, JobQueued]``, after every rule a submission must pass (the one place they live):
+
+    * a child job resubmitted under its deterministic id (an evolution resuming) is already there:
+      ``[]``, nothing to append;
+    * 422 for an unknown kind or an empty id; 409 for a known id;
+    * ``evolve`` needs at least 2 tokens (422), and at most ``tokens - 1`` evolutions are active at
+      once (409): each holds a token while it coordinates, one must stay free for the trials;
+    * the model ``spec["model_id"]`` and the dataset ``spec["dataset_id"]`` (when the spec names one)
+      must exist (404) and be ``ready`` (422 naming the field), as ``ready`` says;
+    * 429 when ``limit`` jobs are already queued.
+    """
+    known = state.jobs.get(job_id)
+    if known is not None and parent_job_id is not None and known.parent_job_id == parent_job_id:
+        return []  # idempotent for an evolution's deterministic child ids
     if not job_id:
         raise ValidationFailed("job id must not be empty", {"field": "job_id"})
     if kind not in JOB_KINDS:
         raise ValidationFailed(f"unknown job kind {kind!r}", {"field": "kind", "allowed": list(JOB_KINDS)})
-    if job_id in state.jobs:
+    if known is not None:
         raise Conflict(f"job {job_id!r} already exists", {"job_id": job_id})
+    if kind == "evolve" and state.tokens < 2:
+        raise ValidationFailed(
+            "evolve needs CVOPS_GPU_TOKENS >= 2 (the evolution holds one token, its trials another)"
+        )
+    if "model_id" in spec:
+        _check_ready("model", spec["model_id"], ready.model_status)
+    if spec.get("dataset_id"):
+        _check_ready("dataset", spec["dataset_id"], ready.dataset_status)
+    if kind == "evolve":
+        active = [
+            r.id
+            for r in state.jobs.values()
+            if r.kind == "evolve" and r.status in ("queued", "running", "interrupted")
+        ]
+        most = state.tokens - 1
+        if len(active) >= most:
+            raise Conflict(
+                f"{len(active)} evolution(s) active; with {state.tokens} GPU tokens at most {most} at once",
+                {"active": active},
+            )
     if len(state.queue) >= limit:
         raise TooManyRequests(
             f"job queue is full ({len(state.queue)} of {limit})", {"queued": len(state.queue), "limit": limit}

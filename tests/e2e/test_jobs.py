@@ -22,6 +22,7 @@ from tests.e2e.helpers import (
     upload_dataset,
     wait_idle,
     wait_job,
+    wait_model,
 )
 from tests.e2e.server import request
 
@@ -103,6 +104,22 @@ def test_bad_hyperparameters_are_422(live: Live, model: dict[str, Any], dataset:
     ):
         status, reply = submit(live, {**base, "hyperparameters": hp})
         assert status == 422 and reply["error"]["details"]["field"] == field, (hp, reply)
+
+
+def test_a_job_needs_a_ready_model_and_dataset(live: Live, dataset: dict[str, Any]) -> None:
+    """The scheduler's plan_submit owns the readiness rule: 404 for no such record, 422 naming the
+    field while the model is still converting; engineers are refused by role before any of it."""
+    status, pending = preset(live.url, live.admin, "tiny_cnn", wait=False, name="not-yet", num_classes=3)
+    assert status == 202 and pending["status"] in ("pending", "converting"), pending
+    train = {"kind": "train", "model_id": pending["id"], "dataset_id": dataset["id"]}
+    status, reply = submit(live, train)
+    assert status == 422 and reply["error"]["details"]["field"] == "model_id", reply
+    assert "not ready" in reply["error"]["message"], reply
+    status, reply = submit(live, {**BENCH, "model_id": pending["id"]}, live.engineer)
+    assert status == 403, reply
+    assert wait_model(live.url, live.admin, pending["id"])["status"] == "ready"
+    status, reply = submit(live, {**train, "dataset_id": "0000000000000000"})
+    assert status == 404 and reply["error"]["details"] == {"dataset_id": "0000000000000000"}, reply
 
 
 # ----------------------------------------------------------------------------------------- roles

@@ -17,6 +17,7 @@ from cvops.events.scheduling import (
     MAX_ATTEMPTS,
     SCHEDULER_STREAM,
     STATUSES,
+    Readiness,
     SchedulerState,
     apply_scheduler,
     audit_tokens,
@@ -541,6 +542,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         self.order: list[str] = []  # submission order
         self.model: dict[str, str] = {}  # job -> expected status
         self.starts: dict[str, int] = {}  # job -> expected attempt
+        self.kinds: dict[str, str] = {}  # job -> kind
 
     @initialize(tokens=st.integers(min_value=1, max_value=3))
     def setup(self, tokens: int) -> None:
@@ -555,16 +557,38 @@ class SchedulerMachine(RuleBasedStateMachine):
 
     # ------------------------------------------------------------------------------------- rules
 
-    @rule(kind=st.sampled_from(["train", "evolve", "benchmark"]))
-    def submit(self, kind: str) -> None:
+    @rule(
+        kind=st.sampled_from(["train", "evolve", "benchmark"]),
+        model=st.sampled_from(["ready", "ready", "ready", "converting", None]),
+    )
+    def submit(self, kind: str, model: str | None) -> None:
+        """Evolve is submitted freely: the rules of plan_submit decide (evolve needs 2 tokens, at most
+        tokens - 1 evolutions active; the model must exist and be ready; the queue is bounded)."""
         job_id = f"j{self.n}"
-        if len(self._with("queued")) >= self.limit:
-            with pytest.raises(TooManyRequests):
-                plan_submit(self.state, job_id, kind, {}, "u", self.limit)
+        spec = {"model_id": "m", "i": self.n}
+        ready = Readiness(model_status=model)
+        active = [
+            j for j in self.order if self.kinds[j] == "evolve" and self.model[j] in ("queued", "running")
+        ]
+        expected: type[Exception] | None = None
+        if kind == "evolve" and self.tokens < 2:
+            expected = ValidationFailed
+        elif model is None:
+            expected = NotFound
+        elif model != "ready":
+            expected = ValidationFailed
+        elif kind == "evolve" and len(active) >= self.tokens - 1:
+            expected = Conflict
+        elif len(self._with("queued")) >= self.limit:
+            expected = TooManyRequests
+        if expected is not None:
+            with pytest.raises(expected):
+                plan_submit(self.state, job_id, kind, spec, "u", self.limit, ready=ready)
             return
         self.n += 1
-        self._commit(plan_submit(self.state, job_id, kind, {"i": self.n}, "u", self.limit))
+        self._commit(plan_submit(self.state, job_id, kind, spec, "u", self.limit, ready=ready))
         self.order.append(job_id)
+        self.kinds[job_id] = kind
         self.model[job_id] = "queued"
         self.starts[job_id] = 0
 
