@@ -20,6 +20,7 @@ from tests.e2e.helpers import (
     shapes_zip,
     upload_dataset,
     wait_job,
+    wait_model,
 )
 from tests.e2e.server import Server, request
 
@@ -130,8 +131,8 @@ def test_kill9_mid_training_resumes_from_the_checkpoint(server: Server, assets: 
         }
     )
     assert epochs == list(range(1, EPOCHS + 1)), epochs
-    status, new = request(server.url, "GET", f"{API}/models/{result['model_id']}", token=token)
-    assert status == 200 and new["status"] == "ready" and new["parent_model_id"] == assets["model"]["id"]
+    new = wait_model(server.url, token, result["model_id"])  # the job ended at registration
+    assert new["status"] == "ready" and new["parent_model_id"] == assets["model"]["id"], new
     view = request(server.url, "GET", f"{API}/scheduler", token=token)[1]
     assert view["in_use"] == 0, view
     proc = replay("verify", "--data-dir", str(server.data_dir))
