@@ -1,6 +1,9 @@
-"""GAEvolver: the actor of an evolve job and its body. Each trial is a child train job submitted through the
-GPUScheduler (so the token limit holds for trials too); each finished trial is a TrialCompleted
-event, and a resumed evolution rebuilds its populations from those and never re-runs a trial.
+"""GAEvolver: the actor of an evolve job and its body. The evolution holds no GPU token (it runs no
+model; the scheduler starts it tokenless).  Each trial is a child train job submitted through the
+GPUScheduler, so the token limit holds for trials, and a generation's trials run as many at once as
+tokens are free.  Each finished trial is a TrialCompleted event (and a JobProgressed per trial and per
+generation, which the websocket carries); a resumed evolution rebuilds its populations from those and
+never re-runs a trial.
 
 Child job ids are deterministic (``<job>-g<gen>i<index>``), so a trial submitted before a crash is
 found again, not submitted twice.  Trials train without registering a model (``register: false``);

@@ -71,7 +71,7 @@ class GPUScheduler:
     def _gpu_share(self, kind: str) -> float:
         """The GPU fraction a job's worker asks Ray for: tokens share the GPUs evenly, so Ray never
         holds back a job the scheduler started; an evolution itself runs no model (its trials do)."""
-        if not self.gpus or kind == "evolve":
+        if not self.gpus or kind in core.TOKENLESS_KINDS:
             return 0.0
         return min(1.0, self.gpus / max(1, self.settings.gpu_tokens))
 
@@ -138,7 +138,7 @@ class GPUScheduler:
         ).remote(self.settings)
         self.workers[rec.id] = worker
         ref = worker.run.remote(
-            rec.id, rec.spec, rec.device or "cpu", rec.token or 0, rec.attempt, rec.last_checkpoint
+            rec.id, rec.spec, rec.device or "cpu", rec.token, rec.attempt, rec.last_checkpoint
         )
         self.tasks[rec.id] = asyncio.create_task(self._watch(rec.id, ref, worker))
 

@@ -158,6 +158,68 @@ def test_dispatch_grants_free_tokens_to_the_oldest_jobs_one_atomic_append_each()
     assert w.state.jobs["c"].device == "cuda:0"
 
 
+def test_an_evolution_starts_without_a_token_and_its_trials_take_them_all() -> None:
+    """Issue 13: the coordinator holds no token; with 2 tokens two of its trials run at once, and an
+    evolution waits for nothing (it passes no one: it needs no token), also with a single token."""
+    w = World(tokens=2)
+    w.submit("e", kind="evolve")
+    w.submit("c1", "c2", "c3")
+    appends = w.dispatch()
+    assert [types(a) for a in appends] == [
+        ["JobStarted"],
+        ["GpuTokenGranted", "JobStarted"],
+        ["GpuTokenGranted", "JobStarted"],
+    ]
+    started = appends[0][0]
+    assert (started.token, started.device) == (None, "cpu")  # type: ignore[attr-defined]
+    assert w.state.holders == {0: "c1", 1: "c2"} and w.state.in_use == 2
+    assert [w.status(j) for j in ("e", "c1", "c2", "c3")] == ["running", "running", "running", "queued"]
+    assert w.state.jobs["e"].token is None and check_state(w.state) == []
+    # its end releases nothing; its trials' ends release theirs
+    w.do(plan_finish(w.state, "c1", "succeeded"))
+    (again,) = w.dispatch()
+    assert again[-1].job_id == "c3"  # type: ignore[attr-defined]
+    assert types(plan_finish(w.state, "e", "succeeded")) == ["JobSucceeded"]
+    assert types(plan_worker_died(w.state, "e")) == ["JobInterrupted", "JobQueued"]
+    w.do(plan_finish(w.state, "e", "succeeded", result={"best": 1.0}))
+    assert audit_tokens(w.log.envelopes, 2) == [] and w.state.max_in_use_seen == 2
+    one = World(tokens=1)
+    one.submit("t")
+    one.dispatch()
+    one.submit("e2", kind="evolve")
+    (only,) = one.dispatch()  # the token is busy: the evolution still starts
+    assert types(only) == ["JobStarted"] and one.status("e2") == "running"
+    assert types(one.restart()) == [
+        "JobInterrupted",
+        "GpuTokenReleased",
+        "JobQueued",
+        "JobInterrupted",
+        "JobQueued",
+    ]
+
+
+def test_the_audit_accepts_a_tokenless_start_only_for_an_evolution_and_still_reads_old_logs() -> None:
+    log = LogCore()
+    for job_id, kind in (("t", "train"), ("e", "evolve"), ("old", "evolve")):
+        log.append(
+            SCHEDULER_STREAM,
+            [JobSubmitted(job_id=job_id, kind=kind, spec={}), JobQueued(job_id=job_id)],
+            None,
+        )
+    log.append(SCHEDULER_STREAM, [JobStarted(job_id="e", token=None, device="cpu")], None)
+    assert audit_tokens(log.envelopes, 1) == []
+    # an evolution of an older version held a token: still sound
+    log.append(
+        SCHEDULER_STREAM,
+        [GpuTokenGranted(token=0, job_id="old"), JobStarted(job_id="old", token=0, device="cpu")],
+        None,
+    )
+    assert audit_tokens(log.envelopes, 1) == []
+    log.append(SCHEDULER_STREAM, [JobStarted(job_id="t", token=None, device="cpu")], None)
+    problems = audit_tokens(log.envelopes, 1)
+    assert any("job t running without a token" in p for p in problems), problems
+
+
 def test_dispatch_with_nothing_queued_plans_nothing_and_devices_come_from_device_for() -> None:
     w = World(tokens=3)
     assert plan_dispatch(w.state, dev) == []
@@ -562,23 +624,16 @@ class SchedulerMachine(RuleBasedStateMachine):
         model=st.sampled_from(["ready", "ready", "ready", "converting", None]),
     )
     def submit(self, kind: str, model: str | None) -> None:
-        """Evolve is submitted freely: the rules of plan_submit decide (evolve needs 2 tokens, at most
-        tokens - 1 evolutions active; the model must exist and be ready; the queue is bounded)."""
+        """Evolve is submitted freely: an evolution holds no token (its trials do), so any number may
+        be active with any number of tokens; plan_submit decides on readiness and the bounded queue."""
         job_id = f"j{self.n}"
         spec = {"model_id": "m", "i": self.n}
         ready = Readiness(model_status=model)
-        active = [
-            j for j in self.order if self.kinds[j] == "evolve" and self.model[j] in ("queued", "running")
-        ]
         expected: type[Exception] | None = None
-        if kind == "evolve" and self.tokens < 2:
-            expected = ValidationFailed
-        elif model is None:
+        if model is None:
             expected = NotFound
         elif model != "ready":
             expected = ValidationFailed
-        elif kind == "evolve" and len(active) >= self.tokens - 1:
-            expected = Conflict
         elif len(self._with("queued")) >= self.limit:
             expected = TooManyRequests
         if expected is not None:
@@ -601,11 +656,23 @@ class SchedulerMachine(RuleBasedStateMachine):
 
     @rule()
     def dispatch(self) -> None:
-        free = self.tokens - len(self._with("running"))
-        expected = self._with("queued")[:free]
+        """Every queued evolution starts (tokenless); the other queued jobs take the free tokens, oldest
+        first."""
+        free = self.tokens - len([j for j in self._with("running") if self.kinds[j] != "evolve"])
+        expected = []
+        for j in self._with("queued"):
+            if self.kinds[j] == "evolve":
+                expected.append(j)
+            elif free > 0:
+                expected.append(j)
+                free -= 1
         appends = plan_dispatch(self.state, lambda k: f"cuda:{k}")
-        assert [a[1].job_id for a in appends] == expected  # type: ignore[attr-defined]
+        assert [a[-1].job_id for a in appends] == expected  # type: ignore[attr-defined]
         for events in appends:
+            if self.kinds[events[-1].job_id] == "evolve":  # type: ignore[attr-defined]
+                assert types(events) == ["JobStarted"] and events[0].token is None  # type: ignore[attr-defined]
+            else:
+                assert types(events) == ["GpuTokenGranted", "JobStarted"]
             self._commit(events)
         for j in expected:
             self.model[j] = "running"
@@ -663,9 +730,9 @@ class SchedulerMachine(RuleBasedStateMachine):
         assert all(0 <= k < s.tokens for k in s.holders)
 
     @invariant()
-    def holders_are_exactly_the_running_jobs(self) -> None:
+    def holders_are_exactly_the_running_jobs_that_need_a_token(self) -> None:
         s = self.state
-        running = {j for j, r in s.jobs.items() if r.status == "running"}
+        running = {j for j, r in s.jobs.items() if r.status == "running" and r.kind != "evolve"}
         assert set(s.holders.values()) == running
         assert len(set(s.holders.values())) == len(s.holders) == s.in_use
         for k, j in s.holders.items():
