@@ -17,7 +17,7 @@ from rich.json import JSON
 from cvops.cli_config import EXIT_OK, UsageError
 from cvops.cli_tables import ERR, emit, fields, listing, print_id
 from cvops.cli_watch import job_exit, progress_text, summary, watch_job
-from cvops.client import TERMINAL, AsyncClient
+from cvops.client import MODEL_SETTLED, TERMINAL, AsyncClient
 
 HP_FLAGS = (
     "epochs",
@@ -76,7 +76,25 @@ async def _submit(args: argparse.Namespace, api: AsyncClient, spec: dict[str, An
     final = await watch_job(api, str(job["id"]), ERR)
     for item in summary(final):
         ERR.print(item)
+    await _await_trained_model(api, final)
     return job_exit(final)
+
+
+async def _await_trained_model(api: AsyncClient, job: dict[str, Any]) -> None:
+    """A train job ends once its model is registered (its GPU token goes back then); watching it, the
+    command returns once that model converted to ONNX, so the id it printed can be deployed at once."""
+    model_id = (job.get("result") or {}).get("model_id")
+    if job.get("kind") != "train" or job.get("status") != "succeeded" or not model_id:
+        return
+    rec = await api.model(str(model_id))
+    if rec.get("status") not in MODEL_SETTLED:
+        with ERR.status(f"model {model_id}: converting to ONNX (parity check)"):
+            rec = await api.wait_model(str(model_id))
+    parity = rec.get("parity") or {}
+    if rec.get("status") == "ready":
+        ERR.print(f"model {model_id}: ready" + (", parity passed" if parity.get("passed") else ""))
+    else:
+        ERR.print(f"model {model_id}: [red]{rec.get('status')}[/]: {rec.get('error')}")
 
 
 async def train(args: argparse.Namespace, api: AsyncClient) -> int:
@@ -134,6 +152,7 @@ async def jobs_show(args: argparse.Namespace, api: AsyncClient) -> int:
 async def jobs_watch(args: argparse.Namespace, api: AsyncClient) -> int:
     job = await watch_job(api, args.id, ERR)
     emit(args.json, job, *summary(job))
+    await _await_trained_model(api, job)
     return job_exit(job)
 
 

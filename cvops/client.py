@@ -35,6 +35,7 @@ T = TypeVar("T")
 
 API = "/api/v1"
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+MODEL_SETTLED = frozenset({"ready", "failed"})
 HEAD_PROBE = 2**62  # `GET /events?after=` this: no events, and `last_seq` is the log's head
 
 
@@ -245,6 +246,21 @@ class AsyncClient:
     async def model(self, model_id: str) -> dict[str, Any]:
         out: dict[str, Any] = await self.request("GET", f"/models/{model_id}")
         return out
+
+    async def wait_model(
+        self, model_id: str, poll_s: float = 0.5, timeout: float | None = None
+    ) -> dict[str, Any]:
+        """Poll ``GET /models/{id}`` until the model settles (``ready`` or ``failed``): a trained model
+        is registered when its train job ends and converts to ONNX after that."""
+        loop = asyncio.get_running_loop()
+        end = None if timeout is None else loop.time() + timeout
+        while True:
+            rec = await self.model(model_id)
+            if rec.get("status") in MODEL_SETTLED:
+                return rec
+            if end is not None and loop.time() > end:
+                raise E.GatewayTimeout(f"model {model_id} still {rec.get('status')} after {timeout} s")
+            await asyncio.sleep(poll_s)
 
     async def create_preset(self, preset: str, *, wait: bool = False, **kw: Any) -> dict[str, Any]:
         """``POST /models/presets``; ``kw`` are the other body fields (name, num_classes,

@@ -7,19 +7,25 @@
   duplicates, unknown engine, bad constraint) → :class:`~cvops.errors.ValidationFailed` (422) whose
   ``details`` name the field: ``{"field": "batch_sizes[1]", "path": "$.batch_sizes[1]", "reason": ...}``.
 
-Role checks (who may submit which kind, engineers with default hyperparameters only) and checks that
-need other actors (the model is ready, the hyperparameters are valid) belong to the route.
+:func:`check_job_spec` checks what a spec means rather than its shape (the hyperparameters are valid,
+the search space names real genes); the GPUScheduler runs it once for every submission, an evolution's
+trials included, before :func:`cvops.events.scheduling.plan_submit` applies the readiness and evolve
+rules.  Role checks (who may submit which kind, engineers with default hyperparameters only) belong to
+the route.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 import msgspec
 
 from cvops.bench_types import Constraints
 from cvops.errors import BadRequest, ValidationFailed
+from cvops.ga import parse_space
+from cvops.ml.hyperparameters import validate_hyperparameters
 from cvops.ml.spec import ENGINE_NAMES
 
 Id = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")]
@@ -129,6 +135,16 @@ def decode_job_request(data: bytes) -> JobRequest:
 def job_spec(req: JobRequest) -> dict[str, Any]:
     """The JSON builtins of ``req`` (including ``kind``): the ``spec`` of ``JobSubmitted``."""
     return msgspec.to_builtins(req)  # type: ignore[no-any-return]
+
+
+def check_job_spec(kind: str, spec: Mapping[str, Any]) -> None:
+    """422 naming the field when a ``train`` spec's hyperparameters are invalid (``details.field`` is the
+    hyperparameter) or an ``evolve`` spec's search space is (``search_space.<gene>``).  The one place
+    hyperparameters are validated; other kinds and unknown kinds pass (``plan_submit`` refuses those)."""
+    if kind == "train":
+        validate_hyperparameters(spec.get("hyperparameters") or {})
+    elif kind == "evolve":
+        parse_space(spec.get("search_space"))
 
 
 def job_request_schema() -> dict[str, Any]:

@@ -1,6 +1,9 @@
-"""GAEvolver: the actor of an evolve job and its body. Each trial is a child train job submitted through the
-GPUScheduler (so the token limit holds for trials too); each finished trial is a TrialCompleted
-event, and a resumed evolution rebuilds its populations from those and never re-runs a trial.
+"""GAEvolver: the actor of an evolve job and its body. The evolution holds no GPU token (it runs no
+model; the scheduler starts it tokenless).  Each trial is a child train job submitted through the
+GPUScheduler, so the token limit holds for trials, and a generation's trials run as many at once as
+tokens are free.  Each finished trial is a TrialCompleted event (and a JobProgressed per trial and per
+generation, which the websocket carries); a resumed evolution rebuilds its populations from those and
+never re-runs a trial.
 
 Child job ids are deterministic (``<job>-g<gen>i<index>``), so a trial submitted before a crash is
 found again, not submitted twice.  Trials train without registering a model (``register: false``);
@@ -18,7 +21,7 @@ import ray
 
 from cvops.actors.jobs import JobActor, JobCancelled, JobContext
 from cvops.actors.scheduler_client import SchedulerClient
-from cvops.errors import CvopsError, ValidationFailed
+from cvops.errors import CvopsError
 from cvops.events.job_facts import ENDED_TYPES, TRIAL_TYPES, EndedJobs, Trials, apply_ended, apply_trials
 from cvops.events.projection import SyncProjection
 from cvops.events.scheduling import SCHEDULER_STREAM
@@ -48,14 +51,8 @@ def _stop_or_ended(ctx: JobContext, child_ids: list[str], ended: EndedJobs) -> b
 
 
 def run_evolve_job(ctx: JobContext) -> dict[str, Any]:
-    from cvops.ml.training import validate_hyperparameters
-
     job = ctx.job
     assert isinstance(job, EvolveJob)
-    if ctx.settings.gpu_tokens < 2:
-        raise ValidationFailed(
-            "evolve needs CVOPS_GPU_TOKENS >= 2: the evolution holds one, its trials need another"
-        )
     space = parse_space(dict(job.search_space))
     size, generations, seed = job.population, job.generations, job.seed
     scheduler = SchedulerClient.connect()
@@ -72,8 +69,6 @@ def run_evolve_job(ctx: JobContext) -> dict[str, Any]:
     for gen in range(generations):
         if gen > 0:
             population = next_generation(population, fitness, space, seed, gen)
-        for genome in population:
-            validate_hyperparameters(genome)
         fitness = [0.0] * size
         waiting: dict[int, str] = {}
         for i, genome in enumerate(population):

@@ -123,7 +123,7 @@ class JobContext:
         job_id: str,
         spec: dict[str, Any],
         device: str,
-        token: int,
+        token: int | None,
         attempt: int,
         settings: Settings,
         store: SyncStore,
@@ -228,7 +228,7 @@ class JobActor:
         job_id: str,
         spec: dict[str, Any],
         device: str,
-        token: int,
+        token: int | None,
         attempt: int,
         last_checkpoint: dict[str, Any] | None,
     ) -> JobOutcome:

@@ -10,6 +10,7 @@ Trainer, GAEvolver, Benchmarker) named ``<Class>:<job id>:<attempt>``, and kills
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from typing import Any
@@ -22,12 +23,14 @@ from cvops.actors.common import NAMESPACE, call
 from cvops.actors.eventlog import EventStore
 from cvops.actors.job_kinds import job_actor_class
 from cvops.actors.jobs import JobOutcome, job_actor_name
+from cvops.actors.registry import Registry
 from cvops.actors.scheduler_client import ACTOR_NAME, SchedulerClient
 from cvops.config import Settings
-from cvops.errors import Conflict, CvopsError
+from cvops.errors import Conflict, CvopsError, NotFound
 from cvops.events import scheduling as core
 from cvops.events.projection import Projection
 from cvops.events.schema import Event
+from cvops.jobs_api import check_job_spec
 
 log = logging.getLogger(__name__)
 
@@ -63,11 +66,12 @@ class GPUScheduler:
         self.gpus = _gpu_count()
         self.follower: asyncio.Task[None] | None = None
         self.stopping = False
+        self.registry: Registry | None = None
 
     def _gpu_share(self, kind: str) -> float:
         """The GPU fraction a job's worker asks Ray for: tokens share the GPUs evenly, so Ray never
         holds back a job the scheduler started; an evolution itself runs no model (its trials do)."""
-        if not self.gpus or kind == "evolve":
+        if not self.gpus or kind in core.TOKENLESS_KINDS:
             return 0.0
         return min(1.0, self.gpus / max(1, self.settings.gpu_tokens))
 
@@ -134,7 +138,7 @@ class GPUScheduler:
         ).remote(self.settings)
         self.workers[rec.id] = worker
         ref = worker.run.remote(
-            rec.id, rec.spec, rec.device or "cpu", rec.token or 0, rec.attempt, rec.last_checkpoint
+            rec.id, rec.spec, rec.device or "cpu", rec.token, rec.attempt, rec.last_checkpoint
         )
         self.tasks[rec.id] = asyncio.create_task(self._watch(rec.id, ref, worker))
 
@@ -196,25 +200,15 @@ class GPUScheduler:
         job_id: str | None = None,
         parent_job_id: str | None = None,
     ) -> bytes:
+        """Every rule of a submission is :func:`~cvops.jobs_api.check_job_spec` (what the spec means)
+        and :func:`~cvops.events.scheduling.plan_submit` (readiness, evolve, queue); this shell only looks
+        up the facts they need."""
         await self._ensure_started()
+        check_job_spec(kind, spec)
+        ready = await self._readiness(spec)
         async with self.lock:
             await self._sync()
             jid = job_id or uuid.uuid4().hex[:16]
-            if job_id is not None and jid in self.state.jobs:  # idempotent for deterministic child ids
-                return msgspec.msgpack.encode(self.state.jobs[jid])
-            if kind == "evolve":  # each evolution holds a token: one must always stay free for trials
-                active = [
-                    r.id
-                    for r in self.state.jobs.values()
-                    if r.kind == "evolve" and r.status in ("queued", "running", "interrupted")
-                ]
-                limit = self.settings.gpu_tokens - 1
-                if len(active) >= limit:
-                    raise Conflict(
-                        f"{len(active)} evolution(s) active; with {self.settings.gpu_tokens} GPU tokens at most "
-                        f"{max(0, limit)} at once",
-                        {"active": active},
-                    )
             await self._append(
                 core.plan_submit(
                     self.state,
@@ -224,10 +218,24 @@ class GPUScheduler:
                     user,
                     self.settings.job_queue_limit,
                     parent_job_id=parent_job_id,
+                    ready=ready,
                 )
             )
             await self._dispatch()
             return msgspec.msgpack.encode(self.state.jobs[jid])
+
+    async def _readiness(self, spec: dict[str, Any]) -> core.Readiness:
+        """The status of the model and dataset ``spec`` names (None: not found), from the registry."""
+        if self.registry is None:
+            self.registry = Registry.connect()
+        model_status = dataset_status = None
+        with contextlib.suppress(NotFound):
+            if spec.get("model_id"):
+                model_status = (await self.registry.get(str(spec["model_id"]))).status
+        with contextlib.suppress(NotFound):
+            if spec.get("dataset_id"):
+                dataset_status = (await self.registry.get_dataset(str(spec["dataset_id"]))).status
+        return core.Readiness(model_status=model_status, dataset_status=dataset_status)
 
     async def cancel(self, job_id: str, by: str) -> bytes:
         await self._ensure_started()

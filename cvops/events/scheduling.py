@@ -20,7 +20,8 @@ Every stream has exactly one writer, and every decision of the scheduler is ONE 
 
 ============  ================================================================================
 submit        ``[JobSubmitted, JobQueued]``
-start         ``[GpuTokenGranted(k, j), JobStarted(j, k, device, attempt)]``  (one append per job)
+start         ``[GpuTokenGranted(k, j), JobStarted(j, k, device, attempt)]``  (one append per job);
+              a job of a :data:`TOKENLESS_KINDS` kind starts with ``[JobStarted(j, None, "cpu", attempt)]``
 end           ``[JobSucceeded | JobFailed | JobCancelled | JobInterrupted, GpuTokenReleased]``
               (no release when the job held no token, e.g. cancelling a queued job)
 worker died   ``[JobInterrupted, GpuTokenReleased, JobQueued | JobFailed]``
@@ -30,7 +31,17 @@ recover       one append: for each running job the "worker died" triple, for eac
 
 Within an append the terminal event comes BEFORE the release and the grant BEFORE the start, so no
 job is ever seen running without a token.  The invariants (tokens in use ≤ tokens; holders ⇔ running
-jobs; queue = queued jobs ordered by ``queue_seq``) hold at every append boundary.
+jobs that need a token; queue = queued jobs ordered by ``queue_seq``) hold at every append boundary.
+
+Tokenless jobs
+==============
+
+An evolution (kind ``evolve``, :data:`TOKENLESS_KINDS`) only coordinates: it runs no model, so it holds
+**no** GPU token.  Its trials are child ``train`` jobs that take tokens like any other job, as many at
+once as tokens are free.  :func:`plan_dispatch` starts a queued coordinator at once (it waits for no
+token, so it passes no one in the token queue); the fold accepts ``JobStarted(token=None)`` only for
+those kinds, and the audit counts the children's tokens, never the coordinator's.  (Logs written before
+this rule, where an evolution held a token, still fold clean: a job started with a token holds it.)
 
 The fold
 ========
@@ -86,6 +97,8 @@ log = logging.getLogger(__name__)
 SCHEDULER_STREAM = "scheduler"
 JOB_STREAM_PREFIX = "job-"
 JOB_KINDS = ("train", "evolve", "benchmark")
+# kinds whose jobs hold no GPU token while they run (they only coordinate child jobs that do)
+TOKENLESS_KINDS: frozenset[str] = frozenset({"evolve"})
 MAX_ATTEMPTS = 3
 
 Status = Literal["queued", "running", "succeeded", "failed", "cancelled", "interrupted"]
@@ -325,7 +338,12 @@ def _apply_event(state: SchedulerState, env: Envelope) -> None:
             if rec.status != "queued":
                 _violate(state, env, f"job {job_id} started from status {rec.status}")
                 return
-            if rec.token is None or rec.token != k or state.holders.get(k) != job_id:
+            if k is None:
+                if rec.kind not in TOKENLESS_KINDS:
+                    _violate(state, env, f"job {job_id} running without a token (a {rec.kind} job needs one)")
+                elif rec.token is not None:
+                    _violate(state, env, f"job {job_id} started tokenless while holding token {rec.token}")
+            elif rec.token is None or rec.token != k or state.holders.get(k) != job_id:
                 _violate(
                     state, env, f"job {job_id} running without a token (started on {k}, holds {rec.token})"
                 )
@@ -399,7 +417,7 @@ def check_state(state: SchedulerState) -> list[str]:
         if rec.status != "running":
             problems.append(f"token {k} held by job {j}, which is {rec.status}")
     for rec in sorted(state.jobs.values(), key=lambda r: r.queue_seq):
-        if rec.status == "running" and rec.token is None:
+        if rec.status == "running" and rec.token is None and rec.kind not in TOKENLESS_KINDS:
             problems.append(f"job {rec.id} running without a token")
     queued = sorted((r for r in state.jobs.values() if r.status == "queued"), key=lambda r: r.queue_seq)
     if state.queue != [r.id for r in queued]:
@@ -427,6 +445,22 @@ def _record(state: SchedulerState, job_id: str) -> JobRecord:
     return rec
 
 
+class Readiness(msgspec.Struct, frozen=True, kw_only=True):
+    """What :func:`plan_submit` needs to know beyond the scheduler's own state: the status of the
+    model and the dataset the spec names, as the shell looked them up in the registry (``None``: no
+    such record, or it was deleted)."""
+
+    model_status: str | None = None
+    dataset_status: str | None = None
+
+
+def _check_ready(what: str, record_id: Any, status: str | None) -> None:
+    if status is None:
+        raise NotFound(f"no {what} {record_id!r}", {f"{what}_id": record_id})
+    if status != "ready":
+        raise ValidationFailed(f"{what} {record_id} is {status}, not ready", {"field": f"{what}_id"})
+
+
 def plan_submit(
     state: SchedulerState,
     job_id: str,
@@ -436,14 +470,30 @@ def plan_submit(
     limit: int,
     *,
     parent_job_id: str | None = None,
+    ready: Readiness = Readiness(),
 ) -> list[Event]:
-    """``[JobSubmitted, JobQueued]``; 429 when ``limit`` jobs are already queued, 409 on a known id."""
+    """``[JobSubmitted, JobQueued]``, after every rule a submission must pass (the one place they live):
+
+    * a child job resubmitted under its deterministic id (an evolution resuming) is already there:
+      ``[]``, nothing to append;
+    * 422 for an unknown kind or an empty id; 409 for a known id;
+    * the model ``spec["model_id"]`` and the dataset ``spec["dataset_id"]`` (when the spec names one)
+      must exist (404) and be ``ready`` (422 naming the field), as ``ready`` says;
+    * 429 when ``limit`` jobs are already queued.
+    """
+    known = state.jobs.get(job_id)
+    if known is not None and parent_job_id is not None and known.parent_job_id == parent_job_id:
+        return []  # idempotent for an evolution's deterministic child ids
     if not job_id:
         raise ValidationFailed("job id must not be empty", {"field": "job_id"})
     if kind not in JOB_KINDS:
         raise ValidationFailed(f"unknown job kind {kind!r}", {"field": "kind", "allowed": list(JOB_KINDS)})
-    if job_id in state.jobs:
+    if known is not None:
         raise Conflict(f"job {job_id!r} already exists", {"job_id": job_id})
+    if "model_id" in spec:
+        _check_ready("model", spec["model_id"], ready.model_status)
+    if spec.get("dataset_id"):
+        _check_ready("dataset", spec["dataset_id"], ready.dataset_status)
     if len(state.queue) >= limit:
         raise TooManyRequests(
             f"job queue is full ({len(state.queue)} of {limit})", {"queued": len(state.queue), "limit": limit}
@@ -455,18 +505,23 @@ def plan_submit(
 
 
 def plan_dispatch(state: SchedulerState, device_for: Callable[[int], str]) -> list[list[Event]]:
-    """One ``[GpuTokenGranted, JobStarted]`` append per (lowest free token, oldest queued job) pair.
-    Append them in order; each is valid after the ones before it."""
+    """One ``[GpuTokenGranted, JobStarted]`` append per (lowest free token, oldest queued job that needs
+    one) pair, and one ``[JobStarted(token=None, device="cpu")]`` per queued job of a tokenless kind (it
+    waits for nothing).  Append them in order; each is valid after the ones before it."""
     free = state.free_tokens[: max(0, state.tokens - state.in_use)]
     out: list[list[Event]] = []
-    for k, job_id in zip(free, state.queue, strict=False):
+    for job_id in state.queue:
         rec = state.jobs[job_id]
-        out.append(
-            [
-                GpuTokenGranted(token=k, job_id=job_id),
-                JobStarted(job_id=job_id, token=k, device=device_for(k), attempt=rec.attempt + 1),
-            ]
-        )
+        if rec.kind in TOKENLESS_KINDS:
+            out.append([JobStarted(job_id=job_id, token=None, device="cpu", attempt=rec.attempt + 1)])
+        elif free:
+            k = free.pop(0)
+            out.append(
+                [
+                    GpuTokenGranted(token=k, job_id=job_id),
+                    JobStarted(job_id=job_id, token=k, device=device_for(k), attempt=rec.attempt + 1),
+                ]
+            )
     return out
 
 

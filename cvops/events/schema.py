@@ -199,7 +199,7 @@ class JobQueued(Event, frozen=True):
 
 class JobStarted(Event, frozen=True):
     job_id: str
-    token: int
+    token: int | None  # None: a job that holds no GPU token (an evolution's coordinator)
     device: str
     attempt: int = 1
 

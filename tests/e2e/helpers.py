@@ -108,6 +108,20 @@ def wait_job(
         time.sleep(0.5)
 
 
+def wait_model(base: str, token: str, model_id: str, timeout: float = 300.0) -> dict[str, Any]:
+    """The model's record once its conversion settled (``ready`` or ``failed``): a train job ends when
+    its model is registered, and the model converts to ONNX on its own after that."""
+    end = time.monotonic() + timeout
+    while True:
+        status, rec = request(base, "GET", f"{API}/models/{model_id}", token=token)
+        assert status == 200, rec
+        if rec["status"] in ("ready", "failed"):
+            return rec  # type: ignore[no-any-return]
+        if time.monotonic() > end:
+            raise TimeoutError(f"model {model_id} still {rec['status']} after {timeout} s")
+        time.sleep(0.3)
+
+
 def events(base: str, token: str, stream: str, limit: int = 1000) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     after = 0

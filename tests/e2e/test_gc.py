@@ -27,6 +27,7 @@ from tests.e2e.helpers import (
     shapes_zip,
     upload_dataset,
     wait_job,
+    wait_model,
 )
 from tests.e2e.server import Server, request
 
@@ -69,8 +70,8 @@ def test_checkpoints_kept_and_gc_collects_only_unnamed_blobs(tmp_path: Path) -> 
         trained_id = done["result"]["model_id"]
         # one shape for every id: the trained model's like the preset's, the dataset's and the job's
         assert ID.match(trained_id) and ID.match(base["id"]) and ID.match(ds["id"]), (trained_id, base["id"])
-        status, trained = request(server.url, "GET", f"{API}/models/{trained_id}", token=token)
-        assert status == 200 and trained["status"] == "ready", trained
+        trained = wait_model(server.url, token, trained_id)  # the job ended at registration
+        assert trained["status"] == "ready", trained
 
         evs = events(server.url, token, f"job-{job['id']}")
         saved = [e["data"] for e in evs if e["type"] == "CheckpointSaved"]

@@ -22,6 +22,7 @@ from tests.e2e.helpers import (
     upload_dataset,
     wait_idle,
     wait_job,
+    wait_model,
 )
 from tests.e2e.server import request
 
@@ -103,6 +104,22 @@ def test_bad_hyperparameters_are_422(live: Live, model: dict[str, Any], dataset:
     ):
         status, reply = submit(live, {**base, "hyperparameters": hp})
         assert status == 422 and reply["error"]["details"]["field"] == field, (hp, reply)
+
+
+def test_a_job_needs_a_ready_model_and_dataset(live: Live, dataset: dict[str, Any]) -> None:
+    """The scheduler's plan_submit owns the readiness rule: 404 for no such record, 422 naming the
+    field while the model is still converting; engineers are refused by role before any of it."""
+    status, pending = preset(live.url, live.admin, "tiny_cnn", wait=False, name="not-yet", num_classes=3)
+    assert status == 202 and pending["status"] in ("pending", "converting"), pending
+    train = {"kind": "train", "model_id": pending["id"], "dataset_id": dataset["id"]}
+    status, reply = submit(live, train)
+    assert status == 422 and reply["error"]["details"]["field"] == "model_id", reply
+    assert "not ready" in reply["error"]["message"], reply
+    status, reply = submit(live, {**BENCH, "model_id": pending["id"]}, live.engineer)
+    assert status == 403, reply
+    assert wait_model(live.url, live.admin, pending["id"])["status"] == "ready"
+    status, reply = submit(live, {**train, "dataset_id": "0000000000000000"})
+    assert status == 404 and reply["error"]["details"] == {"dataset_id": "0000000000000000"}, reply
 
 
 # ----------------------------------------------------------------------------------------- roles
@@ -195,8 +212,9 @@ def test_train_job_registers_a_better_model(
     result = done["result"]
     assert result["epochs_done"] == 3 and len(result["history"]) == 3, result
     assert result["best_val_accuracy"] > 0.5, result  # chance: 1/3
-    status, new = request(live.url, "GET", f"{API}/models/{result['model_id']}", token=live.admin)
-    assert status == 200 and new["status"] == "ready", new
+    # the job ended at registration; the model converts to ONNX on its own
+    new = wait_model(live.url, live.admin, result["model_id"])
+    assert new["status"] == "ready", new
     assert new["parent_model_id"] == model["id"] and new["dataset_id"] == dataset["id"], new
     assert new["hyperparameters"]["epochs"] == 3 and new["hyperparameters"]["lr"] == 0.01
     assert new["labels"] == dataset["classes"]
@@ -210,6 +228,45 @@ def test_train_job_registers_a_better_model(
     assert [p["epoch"] for p in epochs] == [1, 2, 3], epochs
     assert sum(e["type"] == "CheckpointSaved" for e in evs) == 3
     assert took < 120, f"training took {took:.1f} s"
+
+
+def test_a_train_job_frees_its_token_before_its_model_converts(
+    live: Live, model: dict[str, Any], dataset: dict[str, Any]
+) -> None:
+    """A training job ends when its model is registered: with both tokens busy, the third job starts
+    while the model of the job whose token it took is still converting (asserted from the log)."""
+    wait_idle(live.url, live.admin)
+    hp = {**TRAIN_HP, "epochs": 1}
+    body = {"kind": "train", "model_id": model["id"], "dataset_id": dataset["id"], "hyperparameters": hp}
+    ids = []
+    for _ in range(3):
+        status, job = submit(live, body)
+        assert status == 202, job
+        ids.append(job["id"])
+    done = [wait_job(live.url, live.admin, j, timeout=300) for j in ids]
+    assert [d["status"] for d in done] == ["succeeded"] * 3, done
+    models = {d["id"]: d["result"]["model_id"] for d in done}
+    for d in done:
+        assert d["result"]["model_status"] in ("pending", "converting", "ready"), d["result"]
+        assert wait_model(live.url, live.admin, d["result"]["model_id"])["status"] == "ready"
+    sched = [e for e in events(live.url, live.admin, "scheduler") if e["data"].get("job_id") in ids]
+    third_granted = next(e for e in sched if e["type"] == "GpuTokenGranted" and e["data"]["job_id"] == ids[2])
+    token = third_granted["data"]["token"]
+    # the job that gave that token back just before, and the seq of its model's conversion
+    freed_by = [
+        e["data"]["job_id"]
+        for e in sched
+        if e["type"] == "GpuTokenReleased" and e["data"]["token"] == token and e["seq"] < third_granted["seq"]
+    ][-1]
+    converted = [
+        e for e in events(live.url, live.admin, f"model-{models[freed_by]}") if e["type"] == "ModelConverted"
+    ]
+    assert converted, models[freed_by]
+    assert third_granted["seq"] < converted[0]["seq"], (third_granted, converted[0])
+    ended = next(e for e in sched if e["type"] == "JobSucceeded" and e["data"]["job_id"] == freed_by)
+    assert ended["seq"] < converted[0]["seq"]
+    proc = replay("verify", "--data-dir", str(live.server.data_dir))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 def test_cancel_a_running_training_frees_its_token(

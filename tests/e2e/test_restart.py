@@ -20,6 +20,7 @@ from tests.e2e.helpers import (
     shapes_zip,
     upload_dataset,
     wait_job,
+    wait_model,
 )
 from tests.e2e.server import Server, request
 
@@ -130,8 +131,8 @@ def test_kill9_mid_training_resumes_from_the_checkpoint(server: Server, assets: 
         }
     )
     assert epochs == list(range(1, EPOCHS + 1)), epochs
-    status, new = request(server.url, "GET", f"{API}/models/{result['model_id']}", token=token)
-    assert status == 200 and new["status"] == "ready" and new["parent_model_id"] == assets["model"]["id"]
+    new = wait_model(server.url, token, result["model_id"])  # the job ended at registration
+    assert new["status"] == "ready" and new["parent_model_id"] == assets["model"]["id"], new
     view = request(server.url, "GET", f"{API}/scheduler", token=token)[1]
     assert view["in_use"] == 0, view
     proc = replay("verify", "--data-dir", str(server.data_dir))
@@ -156,3 +157,70 @@ def test_deployment_serves_again_after_sigterm_restart(server: Server, assets: d
         assert abs(a["score"] - b["score"]) < 1e-4, (a, b)
     status, listing = request(server.url, "GET", f"{API}/deployments", token=token)
     assert [d["id"] for d in listing["deployments"]] == [dep["id"]], listing
+
+
+def test_kill9_mid_evolution_resumes_without_rerunning_a_finished_trial(
+    server: Server, assets: dict[str, Any]
+) -> None:
+    """The evolution (tokenless) and its trials are interrupted by kill -9; after the restart it
+    rebuilds its population from the log: every trial completes exactly once, no trial that had
+    finished runs again, generation 0 is the seed's, and the token audit stays clean."""
+    from cvops.ga import initial_population, parse_space
+
+    token = server.token()
+    space = {
+        "lr": {"type": "float", "low": 1e-3, "high": 5e-2, "log": True},
+        "optimizer": {"type": "choice", "choices": ["sgd", "adamw"]},
+        "epochs": {"type": "choice", "choices": [2]},
+        "batch_size": {"type": "choice", "choices": [16]},
+        "num_workers": {"type": "choice", "choices": [0]},
+    }
+    body = {
+        "kind": "evolve",
+        "model_id": assets["model"]["id"],
+        "dataset_id": assets["dataset"]["id"],
+        "population": 4,
+        "generations": 2,
+        "seed": 11,
+        "search_space": space,
+    }
+    status, job = request(server.url, "POST", f"{API}/jobs", body, token)
+    assert status == 202, job
+    jid = job["id"]
+    end = time.monotonic() + 300
+    while time.monotonic() < end:
+        if any(e["type"] == "TrialCompleted" for e in events(server.url, token, f"job-{jid}")):
+            break
+        time.sleep(0.3)
+    else:
+        raise AssertionError("no finished trial within 300 s")
+    assert request(server.url, "GET", f"{API}/jobs/{jid}", token=token)[1]["status"] == "running"
+    crash_seq = max(e["seq"] for e in events(server.url, token, "scheduler"))
+    finished_before = {
+        e["data"]["job_id"]
+        for e in events(server.url, token, "scheduler")
+        if e["type"] == "JobSucceeded" and e["data"]["job_id"].startswith(jid[:16] + "-g")
+    }
+    assert finished_before
+
+    token = _restart(server, signal.SIGKILL)
+
+    done = wait_job(server.url, token, jid, timeout=600)
+    assert done["status"] == "succeeded" and done["interruptions"] >= 1, done
+    trials = [e["data"] for e in events(server.url, token, f"job-{jid}") if e["type"] == "TrialCompleted"]
+    keys = [(t["generation"], t["index"]) for t in trials]
+    assert sorted(keys) == [(g, i) for g in range(2) for i in range(4)], keys  # each exactly once
+    assert [t["genes"] for t in sorted(trials, key=lambda t: (t["generation"], t["index"]))][:4] == (
+        initial_population(parse_space(space), 4, 11)
+    )
+    sched = events(server.url, token, "scheduler")
+    for child in finished_before:
+        again = [e for e in sched if e["data"].get("job_id") == child and e["seq"] > crash_seq]
+        assert again == [], (child, again)  # a finished trial never runs twice
+    children = {t["child_job_id"] for t in trials}
+    for child in children:
+        ends = [e for e in sched if e["type"] == "JobSucceeded" and e["data"]["job_id"] == child]
+        assert len(ends) == 1, (child, ends)
+    assert not [e for e in sched if e["type"] == "GpuTokenGranted" and e["data"]["job_id"] == jid]
+    proc = replay("verify", "--data-dir", str(server.data_dir))
+    assert proc.returncode == 0, proc.stdout + proc.stderr

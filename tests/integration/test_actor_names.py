@@ -16,7 +16,21 @@ from cvops.actors.registry import Registry
 from cvops.actors.scheduler import Scheduler
 from cvops.config import Settings
 from cvops.errors import CvopsError
+from cvops.events.schema import DatasetUploaded, DatasetValidated
 from cvops.jobs_api import TrainJob, job_spec
+from tests.unit.test_projections import converted, uploaded
+
+DATASET = DatasetUploaded(
+    dataset_id="fedcba9876543210",
+    name="d",
+    task="classification",
+    format="imagefolder",
+    sha256="b" * 64,
+    bytes=1,
+)
+DATASET_OK = DatasetValidated(
+    dataset_id="fedcba9876543210", classes=["a", "b"], counts={"train": {"a": 1, "b": 1}}
+)
 
 
 def _actor_table() -> list[dict[str, Any]]:
@@ -30,17 +44,22 @@ async def test_the_dashboard_lists_the_cards_actors_by_name(tmp_path: Path, ray_
     settings.data_path.mkdir(parents=True, exist_ok=True)
     store = EventStore.start(str(settings.db_path))
     await store.ping()
+    # a ready ONNX model and a ready dataset, as the log records them (the submission checks both)
+    await store.append(
+        "model-0123456789abcdef", [uploaded("0123456789abcdef"), converted("0123456789abcdef")]
+    )
+    await store.append("dataset-fedcba9876543210", [DATASET, DATASET_OK])
     registry = await Registry.start(settings)
     scheduler = await Scheduler.start(settings)
     try:
-        # a train job of a model that does not exist: its Trainer starts, asks the registry, fails
+        # a train job of a model with no torch form: its Trainer starts, asks the registry, fails
         spec = job_spec(TrainJob(model_id="0123456789abcdef", dataset_id="fedcba9876543210"))
         job = await scheduler.submit("train", spec, "tester")
         end = time.monotonic() + 60
         while (view := await scheduler.get(job.id)).status not in ("succeeded", "failed", "cancelled"):
             assert time.monotonic() < end, view
             await asyncio.sleep(0.2)
-        assert view.status == "failed" and "no model" in (view.error or ""), view
+        assert view.status == "failed" and "no torch form" in (view.error or ""), view
         table = _actor_table()
         classes = {a["ActorClassName"] for a in table}
         assert {"EventLog", "ModelRegistry", "GPUScheduler", "Trainer"} <= classes, classes

@@ -186,3 +186,29 @@ def test_prediction_rows_cover_classes_boxes_and_frames() -> None:
     rows = prediction_rows(answers, top_k=2)
     assert rows[:2] == [("a.png", "cat", 1, "0.9123", ""), ("b.jpg", "dog", 2, "0.5", "1,2,3,5")]
     assert rows[2:] == [("c.mp4#3", "x", 0, "1", "")] * 2
+
+
+class _TrainedApi(_FakeApi):
+    """A train job that ended at registration, whose model is still converting."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waited: list[str] = []
+
+    async def job(self, job_id: str) -> dict[str, Any]:
+        result = {"model_id": "m9", "model_status": "pending", "best_val_accuracy": 0.9}
+        return {"id": job_id, "kind": "train", "status": "succeeded", "result": result}
+
+    async def model(self, model_id: str) -> dict[str, Any]:
+        return {"id": model_id, "status": "converting"}
+
+    async def wait_model(self, model_id: str) -> dict[str, Any]:
+        self.waited.append(model_id)
+        return {"id": model_id, "status": "ready", "parity": {"passed": True}}
+
+
+def test_watching_a_train_job_returns_once_its_model_is_ready(capsys: pytest.CaptureFixture[str]) -> None:
+    api = _TrainedApi()
+    assert _run(["jobs", "watch", "j1"], api) == 0
+    assert api.waited == ["m9"]  # the job ended at registration; the command waits for the model
+    assert "model m9: ready, parity passed" in capsys.readouterr().err
