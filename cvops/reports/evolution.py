@@ -307,7 +307,7 @@ def document(data: dict[str, Any]) -> Doc:
             )  # fmt: skip
         setup = [["population", fixed(data["population"], 0)], ["generations", fixed(data["generations_planned"], 0)],
                  ["seed", fixed(data["seed"], 0)], ["fitness", data["fitness"]], ["device", data["device"] or "–"]]  # fmt: skip
-        sections.append(Section("Setup", [Table(["", ""], setup)]))
+        sections.append(Section("Setup", [Table(["", "value"], setup)]))
         sections.append(
             Section("Search space", [Pre(json.dumps(data["search_space"], sort_keys=True, indent=2), "json")])
         )

@@ -11,7 +11,7 @@ from typing import Any
 
 from cvops.selection import fmt_num
 
-__all__ = ["fixed", "fmt_num", "jsonable", "num", "rounded"]
+__all__ = ["fixed", "fmt_num", "jsonable", "num", "rounded", "sci"]
 
 
 def rounded(value: Any, places: int) -> Any:
@@ -68,3 +68,9 @@ def jsonable(obj: Any) -> Any:
     if isinstance(obj, float):
         return rounded(obj, 6)
     return obj
+
+
+def sci(value: Any) -> str:
+    """Scientific notation with 2 decimals (tiny differences such as ``1.50e-06``); ``–`` if missing."""
+    v = num(value)
+    return "–" if v is None else f"{v:.2e}"

@@ -31,7 +31,7 @@ from cvops.events.schema import (
 from cvops.reports import benchmark
 from cvops.reports.common import dataset_facts, dataset_view, hyperparameters, model_name
 from cvops.reports.doc import Block, Bullets, Doc, Para, Pre, Section, Table
-from cvops.reports.fmt import fixed, fmt_num, jsonable, rounded
+from cvops.reports.fmt import fixed, fmt_num, jsonable, rounded, sci
 
 
 def report_data(model_id: str, events: Sequence[Event], view: str) -> dict[str, Any]:
@@ -89,8 +89,8 @@ def report_data(model_id: str, events: Sequence[Event], view: str) -> dict[str, 
             "labels": list(conv.labels or up.labels), "pretrained_file": conv.pretrained_file,
         }  # fmt: skip
         p = conv.parity
-        parity = {"passed": p.passed, "max_abs_diff": rounded(p.max_abs_diff, 9), "top1_agreement": rounded(p.top1_agreement, 4),
-                  "tolerance": rounded(p.tolerance, 9), "samples": p.samples}  # fmt: skip
+        parity = {"passed": p.passed, "max_abs_diff": rounded(p.max_abs_diff, 12), "top1_agreement": rounded(p.top1_agreement, 4),
+                  "tolerance": rounded(p.tolerance, 12), "samples": p.samples}  # fmt: skip
     bench_rows = [
         {
             "job_id": job_id, "objective": b["objective"], "constraints": b["constraints"],
@@ -186,7 +186,7 @@ def document(data: dict[str, Any]) -> Doc:
     if data["view"] == "technical":
         src = [[k, "–" if v in (None, "") else json.dumps(v) if isinstance(v, list) else fixed(v, 0) if isinstance(v, bool) else str(v)]
                for k, v in s.items()]  # fmt: skip
-        sections.append(Section("Source", [Table(["", ""], src)]))
+        sections.append(Section("Source", [Table(["", "value"], src)]))
         f = data["format"]
         if f:
             rows = [["ONNX sha256", f["onnx_sha256"]], ["ONNX bytes", str(f["onnx_bytes"])], ["opset", str(f["opset"])],
@@ -195,14 +195,14 @@ def document(data: dict[str, Any]) -> Doc:
                     ["outputs", "; ".join(f"{t['name']} {t['shape']} {t['dtype']}" for t in f["outputs"])],
                     ["preprocessing", json.dumps(f["preprocessing"], sort_keys=True)],
                     ["labels", ", ".join(f["labels"])]]  # fmt: skip
-            sections.append(Section("Format", [Table(["", ""], rows)]))
+            sections.append(Section("Format", [Table(["", "value"], rows)]))
         p = data["parity"]
         if p:
             sections.append(
                 Section(
                     "Conversion parity",
                     [Table(["passed", "max abs diff", "top-1 agreement", "tolerance", "samples"],
-                           [[fixed(p["passed"], 0), fixed(p["max_abs_diff"], 9), fixed(p["top1_agreement"], 4), fixed(p["tolerance"], 9), str(p["samples"])]])],
+                           [[fixed(p["passed"], 0), sci(p["max_abs_diff"]), fixed(p["top1_agreement"], 4), sci(p["tolerance"]), str(p["samples"])]])],
                 )
             )  # fmt: skip
         lin = data["lineage"]
@@ -212,7 +212,7 @@ def document(data: dict[str, Any]) -> Doc:
                 ["dataset", f"{ds['id']} {ds['name']} ({ds['format']})" if ds else "–"],
                 ["classes", ", ".join(ds["classes"]) if ds else "–"],
                 ["images per split", ", ".join(f"{k} {v}" for k, v in ds["images"].items()) if ds else "–"]]  # fmt: skip
-        blocks: list[Block] = [Table(["", ""], rows)]
+        blocks: list[Block] = [Table(["", "value"], rows)]
         if lin["hyperparameters"]:
             blocks.append(Pre(json.dumps(lin["hyperparameters"], sort_keys=True, indent=2), "json"))
         sections.append(Section("Lineage", blocks))

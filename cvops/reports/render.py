@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 from typing import Any
 
 from cvops.reports.doc import Bullets, Chart, Doc, Para, Pre, Table
@@ -62,8 +63,8 @@ body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:2re
 color:#1b1f24;padding:0 1rem;line-height:1.45;background:#fff}
 h1{font-size:1.5rem}h2{font-size:1.15rem;margin-top:2rem;border-bottom:1px solid #d0d7de}
 table{border-collapse:collapse;font-size:.85rem;margin:.5rem 0}
-th,td{border:1px solid #d0d7de;padding:.25rem .5rem;text-align:right}
-th:first-child,td:first-child{text-align:left}th{background:#f6f8fa}
+th,td{border:1px solid #d0d7de;padding:.25rem .5rem;text-align:left}
+td.n{text-align:right;font-variant-numeric:tabular-nums}th{background:#f6f8fa}
 .summary{font-size:1.05rem;background:#eef6ee;border-left:4px solid #2da44e;padding:.5rem 1rem}
 .none{background:#fff4e5;border-left-color:#d4a72c}
 .facts{color:#57606a}ul li{margin:.2rem 0}
@@ -78,9 +79,16 @@ def h(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
+_NUMBER = re.compile(r"[-+]?[0-9][0-9.,]*(e[-+]?[0-9]+)?%?|–|yes|no")
+
+
+def _td(cell: str) -> str:
+    return f'<td class="n">{h(cell)}</td>' if _NUMBER.fullmatch(cell) else f"<td>{h(cell)}</td>"
+
+
 def html_table(headers: list[str], rows: list[list[str]]) -> str:
     head = "".join(f"<th>{h(x)}</th>" for x in headers)
-    body = "".join("<tr>" + "".join(f"<td>{h(c)}</td>" for c in row) + "</tr>" for row in rows)
+    body = "".join("<tr>" + "".join(_td(c) for c in row) + "</tr>" for row in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 

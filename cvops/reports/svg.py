@@ -34,13 +34,15 @@ def _open(width: float, height: float, label: str) -> str:
     )
 
 
-def ticks(lo: float, hi: float, n: int = 5) -> list[float]:
-    """About ``n`` round tick values covering [lo, hi]."""
+def ticks(lo: float, hi: float, n: int = 5, integer: bool = False) -> list[float]:
+    """About ``n`` round tick values covering [lo, hi] (whole numbers only when ``integer``)."""
     if not (math.isfinite(lo) and math.isfinite(hi)) or hi <= lo:
         return [lo]
     raw = (hi - lo) / max(1, n - 1)
     mag = 10 ** math.floor(math.log10(raw))
     step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
+    if integer:
+        step = max(1.0, float(math.ceil(step)))
     start = math.floor(lo / step) * step
     out: list[float] = []
     v = start
@@ -146,11 +148,14 @@ def line_chart(
         return "".join(parts)
     xs = [p[0] for p in pts]
     ys = [p[1] for p in pts]
+    whole = all(float(x).is_integer() for x in xs)
     x_lo, x_hi = _range(xs, zero=False)
+    if whole and x_hi - x_lo < 1:
+        x_lo, x_hi = x_lo - 1, x_hi + 1
     y_lo, y_hi = _range(ys, zero=zero)
     y_axis = ticks(y_lo, y_hi)
     y_lo, y_hi = y_axis[0], y_axis[-1]
-    x_axis = ticks(x_lo, x_hi, 6)
+    x_axis = ticks(x_lo, x_hi, 6, integer=whole)
     x_lo, x_hi = x_axis[0], x_axis[-1]
 
     def px(v: float) -> float:

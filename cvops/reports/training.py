@@ -24,7 +24,7 @@ from cvops.events.schema import (
 from cvops.reports import svg
 from cvops.reports.common import dataset_facts, dataset_view, hyperparameters, job_facts, model_name, pct
 from cvops.reports.doc import Block, Chart, Doc, Para, Pre, Section, Table
-from cvops.reports.fmt import fixed, jsonable, num, rounded
+from cvops.reports.fmt import fixed, num, rounded, sci
 
 EPOCH_FIELDS = (
     ("loss", 6),
@@ -74,10 +74,9 @@ def _produced(model_id: str, events: Sequence[Event]) -> dict[str, Any]:
     for ev in events:
         if isinstance(ev, ModelConverted) and ev.model_id == model_id:
             out["status"] = "ready"
-            out["parity"] = jsonable(
-                {"passed": ev.parity.passed, "max_abs_diff": rounded(ev.parity.max_abs_diff, 9),
-                 "top1_agreement": rounded(ev.parity.top1_agreement, 4), "tolerance": ev.parity.tolerance}
-            )  # fmt: skip
+            out["parity"] = {"passed": ev.parity.passed, "max_abs_diff": rounded(ev.parity.max_abs_diff, 12),
+                             "top1_agreement": rounded(ev.parity.top1_agreement, 4),
+                             "tolerance": rounded(ev.parity.tolerance, 12)}  # fmt: skip
         elif isinstance(ev, ModelRejected) and ev.model_id == model_id:
             out["status"] = "rejected"
             out["reason"] = ev.reason
@@ -274,15 +273,15 @@ def document(data: dict[str, Any]) -> Doc:
             lineage.append(
                 [
                     "ONNX parity",
-                    f"passed {fixed(p['passed'], 0)}, max abs diff {fixed(p['max_abs_diff'], 9)}, top-1 {fixed(p['top1_agreement'], 4)}",
+                    f"passed {fixed(p['passed'], 0)}, max abs diff {sci(p['max_abs_diff'])}, top-1 {fixed(p['top1_agreement'], 4)}",
                 ]
             )
-        sections.append(Section("Lineage", [Table(["", ""], lineage)]))
+        sections.append(Section("Lineage", [Table(["", "value"], lineage)]))
         t = data["throughput"]
         run = [["device", data["device"] or "–"], ["attempts", str(data["attempts"])], ["images/s (whole run)", fixed(t["images_per_s"], 2)],
                ["time to first step s", fixed(t["first_step_s"], 3)], ["seconds", fixed(t["seconds"], 1)],
                ["resumed from epoch", fixed(t["resumed_from_epoch"], 0)]]  # fmt: skip
-        sections.append(Section("Run", [Table(["", ""], run)]))
+        sections.append(Section("Run", [Table(["", "value"], run)]))
         sections.append(
             Section(
                 "Hyperparameters",
