@@ -146,7 +146,9 @@ def auth_middleware() -> web.middleware:  # type: ignore[valid-type]
             and not request.headers.get("Authorization")
         ):
             # a short-lived signed link (POST .../report-link): opens this one path, in its maker's name
-            principal = principal_from_link(request.app[SERVICES].need_auth(), request.query["sig"], request.path)
+            principal = principal_from_link(
+                request.app[SERVICES].need_auth(), request.query["sig"], request.path
+            )
         else:
             token = bearer_token(request, allow_query=spec.full_path in QUERY_TOKEN_ROUTES)
             if token is None:

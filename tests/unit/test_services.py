@@ -12,13 +12,13 @@ from cvops.errors import Unavailable
 from cvops.events.log import EventLog
 from cvops.events.schema import BenchmarkMeasured, EngineSelected, JobQueued, JobSubmitted, UploadRejected
 from cvops.platform.api_jobs import SUBMIT_LOCKS
-from cvops.platform.api_reports import job_events
-from cvops.reports import benchmark
 from cvops.platform.api_packages import PACKAGES, Packages
+from cvops.platform.api_reports import job_events
 from cvops.platform.app import make_app
 from cvops.platform.keys import SERVICES
 from cvops.platform.services import STARTING, BootedStore, Services
 from cvops.platform.uploads import UPLOAD_QUOTA, UploadQuota
+from cvops.reports import benchmark
 
 
 def test_every_service_is_503_until_ready() -> None:
