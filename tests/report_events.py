@@ -96,7 +96,7 @@ def benchmark_events(job_id: str = "bench1", model_id: str = "m1") -> list[Event
                                    "onnxruntime": "1.20.1", "torch": "2.5.1"}),
         EngineSelected(job_id=job_id, model_id=model_id, selected=sel.selected, selected_batch=sel.selected_batch,
                        eligible=sel.eligible, rejected=sel.rejected, objective="latency", constraints=c.to_dict()),
-        JobSucceeded(job_id=job_id, result={"selected": sel.selected}),
+        JobSucceeded(job_id=job_id, result={"selected": sel.selected, "model_id": model_id}),  # as a real one
     ]  # fmt: skip
 
 

@@ -128,14 +128,17 @@ async def model_events(store: Store, model_id: str) -> list[Event]:
             envs += await read_all(store, until, stream=f"{prefix}{other}")
     jobs: set[str] = set()
     deployments: set[str] = set()
+    parent = getattr(up, "parent_model_id", None)
 
     def ours(env: Envelope) -> bool:
         ev = env.event()
         if env.type == "JobSubmitted":
-            if getattr(ev, "kind", "") == "benchmark" and getattr(ev, "spec", {}).get("model_id") == model_id:
+            spec = getattr(ev, "spec", {})
+            if getattr(ev, "kind", "") == "benchmark" and spec.get("model_id") == model_id:
                 jobs.add(ev.job_id)  # type: ignore[union-attr]
                 return True
-            return False
+            # the train jobs that may have made this model (from its parent): which one did, JobSucceeded says
+            return bool(parent) and getattr(ev, "kind", "") == "train" and spec.get("model_id") == parent
         if env.type == "JobStarted":
             return getattr(ev, "job_id", None) in jobs
         if env.type == "JobSucceeded":

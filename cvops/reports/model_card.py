@@ -21,6 +21,7 @@ from cvops.events.schema import (
     DeploymentDeleted,
     EngineSelected,
     Event,
+    JobSubmitted,
     JobSucceeded,
     ModelConverted,
     ModelDeleted,
@@ -43,6 +44,7 @@ def report_data(model_id: str, events: Sequence[Event], view: str) -> dict[str, 
     deployments: dict[str, dict[str, Any]] = {}
     packages: list[dict[str, Any]] = []
     train_job = ""
+    kinds: dict[str, str] = {}
     benchmarks: dict[str, dict[str, Any]] = {}
     for ev in events:
         if isinstance(ev, ModelConverted) and ev.model_id == model_id:
@@ -62,8 +64,16 @@ def report_data(model_id: str, events: Sequence[Event], view: str) -> dict[str, 
             packages.append(
                 {"id": ev.package_id, "engine": ev.engine, "sha256": ev.sha256, "bytes": ev.bytes}
             )
-        elif isinstance(ev, JobSucceeded) and ev.result.get("model_id") == model_id:
-            train_job = ev.job_id
+        elif isinstance(ev, JobSubmitted):
+            kinds[ev.job_id] = ev.kind
+        elif (
+            isinstance(ev, JobSucceeded)
+            and ev.result.get("model_id") == model_id
+            and kinds.get(ev.job_id) == "train"
+        ):
+            train_job = (
+                ev.job_id
+            )  # the train job that registered this model (a benchmark's result names it too)
         elif isinstance(ev, EngineSelected) and ev.model_id == model_id:
             inputs = benchmark.from_events(
                 ev.job_id, [e for e in events if getattr(e, "job_id", None) == ev.job_id]
