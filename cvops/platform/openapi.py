@@ -33,7 +33,13 @@ _QUERY_PARAMS: dict[str, dict[str, Any]] = {
     "view": {"type": "string", "enum": ["simple", "technical"], "default": "simple"},
     "format": {"type": "string", "enum": list(REPORT_TYPES), "default": "json"},
     "download": {"type": "boolean", "default": False},
-    "sig": {"type": "string", "minLength": 1, "maxLength": 4096},
+    # a signed link's ``<payload>.<mac>`` in base64url (cvops.platform.report_links); anything else is a 403
+    "sig": {
+        "type": "string",
+        "minLength": 3,
+        "maxLength": 1024,
+        "pattern": "^[A-Za-z0-9_-]+[.][A-Za-z0-9_-]+$",
+    },
 }
 _PASSWORD = {"minLength": 8, "maxLength": 256}
 _FIELD_RULES: dict[str, dict[str, dict[str, Any]]] = {

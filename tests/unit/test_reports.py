@@ -278,7 +278,7 @@ def test_link_round_trip_and_expiry() -> None:
         verify("s3cret", sig, "/api/v1/jobs/abd/report", now=0)
 
 
-@pytest.mark.parametrize("how", ["secret", "payload", "mac", "garbage", "empty"])
+@pytest.mark.parametrize("how", ["secret", "payload", "mac", "garbage", "empty", "long"])
 def test_tampered_links_are_refused(how: str) -> None:
     sig = sign("s3cret", LinkClaims(path=PATH, user="eve", ver=2, exp=1000))
     payload, _, mac = sig.partition(".")
@@ -289,6 +289,7 @@ def test_tampered_links_are_refused(how: str) -> None:
         "mac": f"{payload}.{mac[:-2]}AA",
         "garbage": "%%%.###",
         "empty": "",
+        "long": f"{payload}{'A' * 1024}.{mac}",
     }[how]
     with pytest.raises(Forbidden, match="not valid") as err:
         verify("s3cret", bad, PATH, now=0)
