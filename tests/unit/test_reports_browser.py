@@ -9,6 +9,7 @@ it), so it never silently stops running there.
 
 from __future__ import annotations
 
+import json
 import os
 import struct
 from pathlib import Path
@@ -61,8 +62,6 @@ async def test_every_html_report_renders_in_chromium(tmp_path: Path) -> None:
                 "JSON.stringify([...document.querySelectorAll('svg')].map(s => {"
                 "const r = s.getBoundingClientRect(); return [s.getAttribute('class'), r.width, r.height];}))"
             )
-            import json
-
             boxes = json.loads(sizes)
             assert len(boxes) == charts, (kind, view, boxes)
             for cls, width, height in boxes:
