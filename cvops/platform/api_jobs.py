@@ -1,4 +1,4 @@
-"""Jobs (train, evolve, benchmark), their reports, and the scheduler's view."""
+"""Jobs (train, evolve, benchmark) and the scheduler's view (their reports: cvops.platform.api_reports)."""
 
 from __future__ import annotations
 
@@ -9,15 +9,11 @@ import msgspec
 from aiohttp import web
 
 from cvops.errors import (
-    BadRequest,
     Forbidden,
-    NotFound,
     TooManyRequests,
     UnsupportedMediaType,
 )
-from cvops.events.projection import Projection
-from cvops.events.scheduling import JobRecord, job_stream, job_view
-from cvops.events.schema import Envelope
+from cvops.events.scheduling import JobRecord, job_view
 from cvops.jobs_api import decode_job_request, job_spec
 from cvops.ml.hyperparameters import is_default
 from cvops.platform.bodies import json_response, read_body
@@ -27,13 +23,6 @@ from cvops.platform.routes import STAFF, Route
 
 if TYPE_CHECKING:
     from cvops.actors.scheduler_client import SchedulerClient
-
-REPORT_TYPES = {
-    "json": "application/json",
-    "md": "text/markdown; charset=utf-8",
-    "html": "text/html; charset=utf-8",
-}
-
 
 # one submission per user at a time in this gateway (user name -> lock)
 SUBMIT_LOCKS: web.AppKey[dict[str, asyncio.Lock]] = web.AppKey("cvops.job_submit_locks")
@@ -143,49 +132,6 @@ async def scheduler_view(request: web.Request) -> web.StreamResponse:
     return json_response(await request.app[SERVICES].need_scheduler().view())
 
 
-REPORT_EVENTS = ("BenchmarkMeasured", "EngineSelected")
-
-
-class ReportParts(msgspec.Struct):
-    """What a benchmark job's report is built from: the last measurement and engine selection."""
-
-    measured: dict[str, Any] | None = None
-    selection: dict[str, Any] | None = None
-
-
-def _report_parts(parts: ReportParts, env: Envelope) -> ReportParts:
-    if env.type == "BenchmarkMeasured":
-        parts.measured = msgspec.to_builtins(env.event())
-    elif env.type == "EngineSelected":
-        parts.selection = msgspec.to_builtins(env.event())
-    return parts
-
-
-async def job_report(request: web.Request) -> web.StreamResponse:
-    from cvops.report import build_report
-
-    view = request.query.get("view", "simple")
-    fmt = request.query.get("format", "json")
-    if view not in ("simple", "technical"):
-        raise BadRequest("view must be simple or technical", {"parameter": "view"})
-    if fmt not in REPORT_TYPES:
-        raise BadRequest("format must be json, md or html", {"parameter": "format"})
-    services = request.app[SERVICES]
-    job = await services.need_scheduler().get(request.match_info["id"])
-    report = Projection(
-        services.need_store(), _report_parts, ReportParts(), stream=job_stream(job.id), types=REPORT_EVENTS
-    )
-    parts = await report.catch_up()
-    measured, selection = parts.measured, parts.selection
-    if measured is None or selection is None:
-        raise NotFound(
-            "this job has no report yet (only finished benchmark jobs have one)", {"job_id": job.id}
-        )
-    stable_job = {k: getattr(job, k) for k in ("id", "kind", "spec", "status", "submitted_by")}
-    body = build_report(stable_job, measured, selection, view, fmt)  # type: ignore[arg-type]
-    return web.Response(body=body, headers={"Content-Type": REPORT_TYPES[fmt]})
-
-
 ROUTES = [
     Route(
         "POST",
@@ -217,16 +163,6 @@ ROUTES = [
         "Cancel a job (admins: any job; engineers: the train jobs they submitted)",
         response=JobOut,
         status=202,
-        tag="jobs",
-    ),
-    Route(
-        "GET",
-        "/jobs/{id}/report",
-        job_report,
-        STAFF,
-        "A benchmark job's report (deterministic bytes)",
-        response=dict,
-        query={"view": "string", "format": "string"},
         tag="jobs",
     ),
     Route(

@@ -19,6 +19,7 @@ from cvops.platform.auth import Principal
 from cvops.platform.bodies import json_response
 from cvops.platform.context import PRINCIPAL
 from cvops.platform.keys import METRICS, ROUTE_SPECS, SERVICES
+from cvops.platform.report_links import principal_from_link
 from cvops.platform.routes import Handler
 
 log = logging.getLogger(__name__)
@@ -95,6 +96,9 @@ def errors_middleware() -> web.middleware:  # type: ignore[valid-type]
 # token in the URL would land in proxy logs and browser history, so only the header counts.
 QUERY_TOKEN_ROUTES = frozenset({"/api/v1/events/ws"})
 TOKEN: web.RequestKey[str] = web.RequestKey("cvops.token", str)
+# the routes that also open with ``?sig=`` of a short-lived signed link (cvops.platform.report_links);
+# kept here, not imported from api_reports, so the middleware does not depend on a handler module
+SIGNED_LINK_ROUTES = frozenset({"/api/v1/jobs/{id}/report", "/api/v1/models/{id}/card"})
 
 
 def bearer_token(request: web.Request, allow_query: bool = False) -> str | None:
@@ -136,11 +140,21 @@ def auth_middleware() -> web.middleware:  # type: ignore[valid-type]
             raise NotFound("no such route")
         if spec.public:
             return await handler(request)
-        token = bearer_token(request, allow_query=spec.full_path in QUERY_TOKEN_ROUTES)
-        if token is None:
-            raise Unauthorized("missing bearer token")
-        principal = request.app[SERVICES].need_auth().authenticate(token)
-        request[TOKEN] = token
+        if (
+            spec.full_path in SIGNED_LINK_ROUTES
+            and "sig" in request.query
+            and not request.headers.get("Authorization")
+        ):
+            # a short-lived signed link (POST .../report-link): opens this one path, in its maker's name
+            principal = principal_from_link(
+                request.app[SERVICES].need_auth(), request.query["sig"], request.path
+            )
+        else:
+            token = bearer_token(request, allow_query=spec.full_path in QUERY_TOKEN_ROUTES)
+            if token is None:
+                raise Unauthorized("missing bearer token")
+            principal = request.app[SERVICES].need_auth().authenticate(token)
+            request[TOKEN] = token
         if principal.role not in spec.roles:
             raise Forbidden(
                 f"role {principal.role!r} may not call {spec.method} {spec.full_path}",

@@ -12,7 +12,7 @@ from cvops import __version__
 from cvops.jobs_api import JobRequest
 from cvops.ml.spec import ENGINE_NAMES
 from cvops.platform.api_events import MAX_SEQ
-from cvops.platform.api_jobs import REPORT_TYPES
+from cvops.platform.api_reports import REPORT_TYPES
 from cvops.platform.auth import ROLES, USERNAME
 from cvops.platform.bodies import ErrorBody
 from cvops.platform.routes import Route
@@ -32,6 +32,11 @@ _QUERY_PARAMS: dict[str, dict[str, Any]] = {
     "wait": {"type": "boolean", "default": False},
     "view": {"type": "string", "enum": ["simple", "technical"], "default": "simple"},
     "format": {"type": "string", "enum": list(REPORT_TYPES), "default": "json"},
+    "download": {"type": "boolean", "default": False},
+    # a signed link's ``<payload>.<mac>`` (cvops.platform.report_links; anything else is a 403). No
+    # pattern or length here on purpose: a stated bound makes generators send bound-breaking strings,
+    # and a long enough one (non-ASCII, percent-encoded) overflows the HTTP request line before routing.
+    "sig": {"type": "string"},
 }
 _PASSWORD = {"minLength": 8, "maxLength": 256}
 _FIELD_RULES: dict[str, dict[str, dict[str, Any]]] = {

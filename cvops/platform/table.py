@@ -10,6 +10,7 @@ from cvops.platform import (
     api_jobs,
     api_models,
     api_packages,
+    api_reports,
     api_system,
     api_users,
 )
@@ -23,6 +24,7 @@ MODULES = (
     api_models,
     api_datasets,
     api_jobs,
+    api_reports,
     api_deployments,
     api_packages,
 )

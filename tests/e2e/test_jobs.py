@@ -219,9 +219,12 @@ def test_train_job_registers_a_better_model(
     assert new["hyperparameters"]["epochs"] == 3 and new["hyperparameters"]["lr"] == 0.01
     assert new["labels"] == dataset["classes"]
     assert new["parity"]["passed"] is True
-    # the report route only serves finished benchmark jobs
+    # a train job has a report too (its curves, the checkpoint chosen and the lineage)
     status, reply = request(live.url, "GET", f"{API}/jobs/{job['id']}/report", token=live.admin)
-    assert status == 404, reply
+    assert status == 200 and reply["report"] == "training", reply
+    assert [e["epoch"] for e in reply["epochs"]] == [1, 2, 3] and reply["lineage"]["model"]["id"] == result[
+        "model_id"
+    ]
     evs = events(live.url, live.admin, f"job-{job['id']}")
     progressed = [e for e in evs if e["type"] == "JobProgressed"]
     epochs = [e["data"]["progress"] for e in progressed if e["data"]["progress"].get("phase") == "epoch"]

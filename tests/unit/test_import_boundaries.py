@@ -31,6 +31,7 @@ BOUNDARIES: dict[str, tuple[str, ...]] = {
     "cvops.jobs_api": TORCH + RAY,
     "cvops.selection": TORCH + RAY,
     "cvops.report": TORCH + RAY,
+    "cvops.reports": TORCH + RAY,
     "cvops.bench_types": TORCH + RAY,
     "cvops.ml.hyperparameters": TORCH + RAY,
     "cvops.ml.spec": TORCH + RAY,

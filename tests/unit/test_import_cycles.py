@@ -156,6 +156,11 @@ def _external_imports(path: Path) -> set[str]:
 
 
 CORES = ["cvops.ga", "cvops.bench", "cvops.bench_types", "cvops.selection", "cvops.report", "cvops.jobs_api"]
+CORES += [
+    f"cvops.reports.{m}"
+    for m in ("benchmark", "common", "doc", "evolution", "fmt", "model_card", "render", "svg", "training")
+]
+CORES += ["cvops.reports"]
 
 
 def test_the_layers_point_one_way() -> None:

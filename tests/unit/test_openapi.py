@@ -145,3 +145,36 @@ def test_deployment_bounds(spec: dict[str, Any]) -> None:
 def test_websocket_route_declares_no_plain_200(spec: dict[str, Any]) -> None:
     responses = spec["paths"]["/api/v1/events/ws"]["get"]["responses"]
     assert "101" in responses and "200" not in responses and "400" in responses
+
+
+def test_report_routes_and_signed_links_are_documented(spec: dict[str, Any]) -> None:
+    from cvops.platform.middleware import SIGNED_LINK_ROUTES
+
+    for path in ("/api/v1/jobs/{id}/report", "/api/v1/models/{id}/card"):
+        op = spec["paths"][path]["get"]
+        assert {p["name"] for p in op["parameters"] if p["in"] == "query"} == {
+            "view",
+            "format",
+            "download",
+            "sig",
+        }
+        assert _query(spec, path, "download")["type"] == "boolean"
+        assert set(op["responses"]["200"]["content"]) == {"application/json", "text/markdown", "text/html"}
+        assert {"401", "403", "404"} <= set(op["responses"])
+        assert path in SIGNED_LINK_ROUTES
+    for path in ("/api/v1/jobs/{id}/report-link", "/api/v1/models/{id}/card-link"):
+        op = spec["paths"][path]["post"]
+        assert op["x-roles"] == ["admin", "engineer"]
+        ref = op["responses"]["200"]["content"]["application/json"]["schema"]["$ref"]
+        link = spec["components"]["schemas"][ref.rsplit("/", 1)[-1]]
+        assert set(link["required"]) == {"url", "path", "expires_at", "expires_in_s"}
+    # a real link (the longest: a 128-character id, a 32-character user) fits the stated bounds
+    from cvops.platform.report_links import MAX_SIG_CHARS, LinkClaims, sign
+
+    sig = sign(
+        "x" * 64, LinkClaims(path=f"/api/v1/models/{'a' * 128}/card", user="u" * 32, ver=10**6, exp=2**40)
+    )
+    assert _query(spec, "/api/v1/models/{id}/card", "sig") == {"type": "string"}
+    assert re.fullmatch(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+", sig) and len(sig) <= MAX_SIG_CHARS
+    # only those two routes open with a link
+    assert {r.full_path for r in all_routes() if r.full_path in SIGNED_LINK_ROUTES} == SIGNED_LINK_ROUTES

@@ -81,7 +81,7 @@ def test_same_input_same_bytes(view: str, fmt: str) -> None:
 def test_simple_view_explains_the_choice() -> None:
     data = report_data(*inputs(), "simple")
     assert data["selected"] == {"engine": "onnxruntime-cuda", "batch_size": 1, "p50_ms": 1.5, "p95_ms": 1.9,
-                                "throughput_ips": 634.9}  # fmt: skip
+                                "throughput_ips": 634.9, "unstable": False}  # fmt: skip
     assert data["summary"] == (
         "onnxruntime-cuda had the lowest median latency (1.5 ms) of the 3 engines that met all constraints."
     )
@@ -142,7 +142,8 @@ def test_html_is_self_contained_with_chart() -> None:
     page = build_report(*inputs(), "technical", "html").decode()
     assert page.startswith("<!DOCTYPE html>") and "<style>" in page and "<svg" in page
     assert not re.search(r"<script|src=|href=|@import|url\(", page)  # no JS, no external assets
-    assert page.count("<rect") >= 2 * 4  # p50 and p95 bars for the 4 measured engines
+    assert page.count('<rect class="box"') == 4  # a latency box (p50–p95) for each of the 4 measured engines
+    assert page.count('<polyline class="line"') == 2  # throughput against batch size: 2 engines ran 2 batches
     assert "19.877" in page and "634.9" in page
     simple = build_report(*inputs(), "simple", "html").decode()
     assert "<svg" in simple and "onnxruntime-cuda had the lowest median latency" in simple

@@ -10,14 +10,15 @@ import pytest
 from cvops.config import Settings
 from cvops.errors import Unavailable
 from cvops.events.log import EventLog
-from cvops.events.projection import Projection
-from cvops.events.schema import BenchmarkMeasured, EngineSelected, JobQueued, UploadRejected
-from cvops.platform.api_jobs import REPORT_EVENTS, SUBMIT_LOCKS, ReportParts, _report_parts
+from cvops.events.schema import BenchmarkMeasured, EngineSelected, JobQueued, JobSubmitted, UploadRejected
+from cvops.platform.api_jobs import SUBMIT_LOCKS
 from cvops.platform.api_packages import PACKAGES, Packages
+from cvops.platform.api_reports import job_events
 from cvops.platform.app import make_app
 from cvops.platform.keys import SERVICES
 from cvops.platform.services import STARTING, BootedStore, Services
 from cvops.platform.uploads import UPLOAD_QUOTA, UploadQuota
+from cvops.reports import benchmark
 
 
 def test_every_service_is_503_until_ready() -> None:
@@ -78,7 +79,9 @@ async def test_report_parts_keep_the_last_measurement_and_selection(tmp_path: Pa
     async with await EventLog.open(tmp_path / "events.db") as log:
         await log.append("job-a", [measured(1), JobQueued(job_id="a", position=1), measured(2), selected])
         await log.append("job-b", [measured(3)])
-        report = Projection(log, _report_parts, ReportParts(), stream="job-a", types=REPORT_EVENTS, page=2)
-        parts = await report.catch_up()
+        await log.append("scheduler", [JobSubmitted(job_id="a", kind="benchmark", spec={"model_id": "m"})])
+        evs = await job_events(log, "a")  # job-b's measurement is not among them
+        parts = benchmark.from_events("a", evs)
+        assert parts.job["spec"] == {"model_id": "m"} and len(evs) == 5
     assert parts.measured is not None and parts.measured["results"] == [{"n": 2}]
     assert parts.selection is not None and parts.selection["selected"] == "ort"
