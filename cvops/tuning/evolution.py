@@ -5,8 +5,9 @@ function of those outcomes and the seed, so a resumed evolution rebuilt from the
 genomes an uninterrupted run would have:
 
 * :func:`propose`: generation 0 is :func:`~cvops.tuning.operators.initial_population`; generation ``g``
-  breeds from the survivors of every finished trial of generations ``< g`` (elitism: the best ``size``
-  single-objective, or NSGA-II's selection), never re-proposing any genome tried before;
+  breeds from the survivors of every finished trial of generations ``< g`` (elitism: the best half,
+  single-objective, or NSGA-II's selection by front and crowding distance), never re-proposing any genome
+  tried before;
 * :func:`best_trial` / :func:`front`: the result (single objective: one trial; multi: the Pareto front and
   its knee);
 * :func:`generation_progress`: one number per generation for the no-improvement budget (best fitness, or
@@ -15,6 +16,7 @@ genomes an uninterrupted run would have:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -73,18 +75,37 @@ def propose(
     size: int,
     objectives: Sequence[Objective] = ("accuracy",),
     include_default: bool = True,
+    parents: float | None = None,
+    tournament_size: int = 3,
+    mutation_rate: float = 0.3,
 ) -> list[Genome]:
     """The ``size`` genomes of ``generation``, given every trial recorded so far (only those of earlier
-    generations are read, so a half-finished generation re-proposes the same genomes)."""
+    generations are read, so a half-finished generation re-proposes the same genomes).
+
+    The parents are the best ``parents`` x ``size`` of all finished trials so far ((μ+λ) elitism: a good
+    genome stays a parent until better ones displace it; default: half single-objective, all ``size``
+    multi-objective, as NSGA-II keeps a whole population for the spread of the front); children come from tournaments of
+    ``tournament_size``, BLX-0.5 / uniform crossover and mutation (each gene with ``mutation_rate``, one at
+    least; step: the parents' spread).  The defaults were chosen on shifted Rastrigin / Ackley over mixed
+    spaces with seeds the comparison script does not use (``scripts/bench_evolver.py``)."""
     earlier = [t for t in trials if t.generation < generation]
     tried = [t.genes for t in earlier]
     if generation == 0:
         return initial_population(space, size, seed, include_default=include_default)
-    parents, scores = survivors(earlier, objectives, size)
-    if not parents:  # every trial failed or was pruned: start afresh, still never repeating one
+    share = parents if parents is not None else (0.5 if len(objectives) == 1 else 1.0)
+    pool, scores = survivors(earlier, objectives, max(2, math.ceil(share * size)))
+    if not pool:  # every trial failed or was pruned: start afresh, still never repeating one
         return initial_population(space, size, seed + generation, include_default=False, exclude=tried)
     return breed(
-        [p.genes for p in parents], scores, space, seed=seed, generation=generation, n=size, exclude=tried
+        [p.genes for p in pool],
+        scores,
+        space,
+        seed=seed,
+        generation=generation,
+        n=size,
+        exclude=tried,
+        mutation_rate=mutation_rate,
+        tournament_size=tournament_size,
     )
 
 

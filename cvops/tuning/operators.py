@@ -186,11 +186,13 @@ def breed(
     alpha: float = 0.5,
     step: float | None = None,
     mutation_rate: float | None = None,
+    tournament_size: int = 2,
 ) -> list[Genome]:
     """``n`` children of ``parents`` (higher ``scores`` are fitter): tournament, crossover (with
     probability ``crossover_rate``), then mutation.  Child ``i`` draws only from ``rng_for(seed,
     generation, first_index + i)``.  A child that duplicates ``exclude``, a parent or an earlier child is
-    re-drawn with a growing step, then sampled afresh; duplicates remain only when the space is exhausted."""
+    re-drawn with a growing step, then sampled afresh; duplicates remain only when the space is exhausted.
+    ``mutation_rate``: see :func:`mutate`; ``step``: default :func:`mutation_step` of the parents."""
     if len(parents) != len(scores) or not parents:
         raise ValueError("parents and scores must be non-empty and of equal length")
     seen = {genome_key(g) for g in exclude} | {genome_key(p) for p in parents}
@@ -201,8 +203,8 @@ def breed(
         child: Genome = {}
         for attempt in range(2 * MAX_ATTEMPTS):
             if attempt < MAX_ATTEMPTS:
-                a = parents[tournament(scores, rng)]
-                b = parents[tournament(scores, rng)]
+                a = parents[tournament(scores, rng, tournament_size)]
+                b = parents[tournament(scores, rng, tournament_size)]
                 child = crossover(a, b, space, rng, alpha) if rng.random() < crossover_rate else dict(a)
                 child = mutate(child, space, rng, min(0.5, base_step * 1.25 ** (attempt // 4)), mutation_rate)
             else:
