@@ -84,7 +84,8 @@ def mixed_space(bound: float, int_bound: int) -> SearchSpace:
     return parse_space(genes, hyperparameters=False)
 
 
-SHIFTED = {"rastrigin": (1.7, 2), "ackley": (11.3, 9)}  # the optimum's x and k (off the centre)
+# the optimum's x and k: off the centre and on the other side of the default genome (x = 0.49 x bound)
+SHIFTED = {"rastrigin": (-1.8, -2), "ackley": (-11.5, -9)}
 SHIFT = dict(SHIFTED)
 
 

@@ -84,10 +84,11 @@ def propose(
 
     The parents are the best ``parents`` x ``size`` of all finished trials so far ((μ+λ) elitism: a good
     genome stays a parent until better ones displace it; default: half single-objective, all ``size``
-    multi-objective, as NSGA-II keeps a whole population for the spread of the front); children come from tournaments of
-    ``tournament_size``, BLX-0.5 / uniform crossover and mutation (each gene with ``mutation_rate``, one at
-    least; step: the parents' spread).  The defaults were chosen on shifted Rastrigin / Ackley over mixed
-    spaces with seeds the comparison script does not use (``scripts/bench_evolver.py``)."""
+    multi-objective, as NSGA-II keeps a whole population for the spread of its front).  Children come
+    from tournaments of ``tournament_size``, BLX-0.5 / uniform crossover and mutation (each gene with
+    ``mutation_rate``, one at least; step: twice the parents' spread).  The defaults were chosen on
+    shifted Rastrigin / Ackley over mixed spaces with seeds the comparison script does not use
+    (``scripts/bench_evolver.py``)."""
     earlier = [t for t in trials if t.generation < generation]
     tried = [t.genes for t in earlier]
     if generation == 0:

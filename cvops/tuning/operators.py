@@ -159,8 +159,9 @@ def mutate(
 def mutation_step(
     parents: Sequence[Mapping[str, Any]], space: SearchSpace, *, base: float = 0.25, floor: float = 0.02
 ) -> float:
-    """The mutation step (a standard deviation in the unit cube): the parents' mean spread per numeric
-    gene, clipped to [``floor``, ``base``]: wide while they are diverse, small once they converge."""
+    """The mutation step (a standard deviation in the unit cube): twice the parents' mean spread (standard
+    deviation) per numeric gene, clipped to [``floor``, ``base``]: wide while they are diverse, small
+    once they converge."""
     numeric = [n for n in space.names() if isinstance(space.genes[n], FloatGene | IntGene)]
     if len(parents) < 2 or not numeric:
         return base
@@ -169,7 +170,7 @@ def mutation_step(
         gene = space.genes[name]
         assert isinstance(gene, FloatGene | IntGene)
         spreads.append(statistics.pstdev(to_unit(gene, p[name]) for p in parents))
-    return min(base, max(floor, math.fsum(spreads) / len(spreads)))
+    return min(base, max(floor, 2.0 * math.fsum(spreads) / len(spreads)))
 
 
 def breed(

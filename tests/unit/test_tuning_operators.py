@@ -185,3 +185,25 @@ def test_multi_objective_evolution_returns_a_non_dominated_front() -> None:
     assert 0 <= result.knee < len(result.trials)
     hv = generation_progress(trials, objectives)  # type: ignore[arg-type]
     assert hv == sorted(hv) and hv[-1] > hv[0]  # the front only grows
+
+
+def test_a_resumed_evolution_proposes_what_it_proposed_before() -> None:
+    """The actor rebuilds its trials from the log after a crash: a generation re-proposed from the
+    trials of the earlier generations (its own half-finished trials included or not) is the same."""
+    trials: list[TrialOutcome] = []
+    proposed: list[list[dict[str, Any]]] = []
+    for g in range(4):
+        genomes = propose(MIXED, trials, seed=9, generation=g, size=6)
+        proposed.append(genomes)
+        for i, genes in enumerate(genomes):
+            state = "pruned" if i == 5 else "failed" if i == 4 else "finished"
+            trials.append(
+                TrialOutcome(
+                    generation=g, index=i, genes=genes, state=state, values={"accuracy": _fit(genes)}
+                )
+            )
+    for g in range(4):
+        crashed_mid_generation = [
+            t for t in trials if t.generation < g or (t.generation == g and t.index < 3)
+        ]
+        assert propose(MIXED, crashed_mid_generation, seed=9, generation=g, size=6) == proposed[g]
