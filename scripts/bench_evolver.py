@@ -3,7 +3,7 @@
 
     nice python scripts/bench_evolver.py                      # everything, 10 seeds (a few minutes, CPU)
     nice python scripts/bench_evolver.py --skip-digits --seeds 20
-    nice python scripts/bench_evolver.py --only digits --digits-trials 24 --digits-epochs 3
+    nice python scripts/bench_evolver.py --only digits --digits-trials 40 --digits-population 8  # ~6 min
 
 Every tuner gets the same trial budget and the same seeds (0 .. seeds-1), and every tuner's first trial is
 the space's default genome (what a user would have trained by hand); the table shows the best fitness
