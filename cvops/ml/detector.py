@@ -21,6 +21,7 @@ from cvops.ml import train_common as tc
 from cvops.ml.datasets import DatasetInfo
 from cvops.ml.hyperparameters import (
     Hyperparameters,
+    detection_overrides,
     hyperparameters_dict,
     resolve_num_workers,
     validate_hyperparameters,
@@ -287,6 +288,7 @@ def train_detector(
             "hsv_v": cj,
             "patience": hp.patience,
         }
+        overrides.update(detection_overrides(hp))  # the knobs an evolution tunes (ultralytics' keys)
         with _offline_patches(cuda):
             trainer = trainer_cls(overrides=overrides)
         trainer.model = module

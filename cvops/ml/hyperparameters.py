@@ -33,10 +33,46 @@ class Hyperparameters(msgspec.Struct, frozen=True, forbid_unknown_fields=True, k
     seed: Annotated[int, msgspec.Meta(ge=0, le=2**32 - 1)] = 0
     patience: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 0  # 0: no early stopping
     num_workers: Annotated[int, msgspec.Meta(ge=0, le=64)] | None = None  # None: min(2, cpus - 1)
+    # detection only, named as ultralytics names them (its tuner's keys); None = today's behaviour
+    # (ultralytics' default, or the value derived from augment_flip / augment_scale_crop / color_jitter)
+    lrf: Annotated[float, msgspec.Meta(ge=0.001, le=1.0)] | None = None  # final lr = lr * lrf
+    box: Annotated[float, msgspec.Meta(ge=0.0, le=50.0)] | None = None  # box loss gain
+    cls: Annotated[float, msgspec.Meta(ge=0.0, le=10.0)] | None = None  # class loss gain
+    dfl: Annotated[float, msgspec.Meta(ge=0.0, le=20.0)] | None = None  # distribution focal loss gain
+    hsv_h: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] | None = None
+    hsv_s: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] | None = None
+    hsv_v: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] | None = None
+    degrees: Annotated[float, msgspec.Meta(ge=0.0, le=180.0)] | None = None
+    translate: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] | None = None
+    scale: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] | None = None
+    fliplr: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] | None = None  # flip probability
+    mosaic: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] | None = None
+    mixup: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] | None = None
 
 
 DEFAULTS = Hyperparameters()
 HYPERPARAMETER_FIELDS: tuple[str, ...] = Hyperparameters.__struct_fields__
+# the detection-only knobs, passed to ultralytics' trainer under the same names when set
+DETECTION_KEYS: tuple[str, ...] = (
+    "lrf",
+    "box",
+    "cls",
+    "dfl",
+    "hsv_h",
+    "hsv_s",
+    "hsv_v",
+    "degrees",
+    "translate",
+    "scale",
+    "fliplr",
+    "mosaic",
+    "mixup",
+)
+
+
+def detection_overrides(hp: Hyperparameters) -> dict[str, float]:
+    """The ultralytics overrides the detection-only knobs set (unset knobs change nothing)."""
+    return {key: value for key in DETECTION_KEYS if (value := getattr(hp, key)) is not None}
 
 
 def _field_of(message: str) -> str | None:

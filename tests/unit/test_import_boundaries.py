@@ -28,6 +28,12 @@ RAY = ("ray",)
 BOUNDARIES: dict[str, tuple[str, ...]] = {
     "cvops.platform.app": TORCH,
     "cvops.ga": TORCH + RAY,
+    "cvops.tuning.space": TORCH + RAY,
+    "cvops.tuning.operators": TORCH + RAY,
+    "cvops.tuning.nsga2": TORCH + RAY,
+    "cvops.tuning.pruning": TORCH + RAY,
+    "cvops.tuning.budget": TORCH + RAY,
+    "cvops.tuning.evolution": TORCH + RAY,
     "cvops.jobs_api": TORCH + RAY,
     "cvops.selection": TORCH + RAY,
     "cvops.report": TORCH + RAY,

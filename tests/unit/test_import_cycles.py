@@ -177,5 +177,5 @@ def test_the_layers_point_one_way() -> None:
             outside = {d for d in deps if not d.startswith("cvops.events") and d != "cvops"}
             assert outside <= {"cvops.errors"}, (name, outside)
     for name, path in modules.items():
-        if name.startswith("cvops.ml.") or name in CORES:
+        if name.startswith(("cvops.ml.", "cvops.tuning")) or name in CORES:
             assert not _external_imports(path) & {"ray", "aiohttp"}, name
