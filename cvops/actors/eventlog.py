@@ -12,7 +12,7 @@ from typing import Any
 
 import ray
 
-from cvops.actors.common import NAMESPACE, call
+from cvops.actors.common import NAMESPACE, call, call_sync
 from cvops.events import log as sqlite_log
 from cvops.events.schema import Envelope, Event, decode_envelopes, encode_envelopes, encode_event, type_of
 from cvops.events.store import Appended, appended_envelopes, appended_head, subscribe
@@ -131,9 +131,8 @@ class EventStore:
         causation_id: str = "",
     ) -> list[Envelope]:
         items = [(type_of(e), encode_event(e)) for e in events]
-        head: Appended = await call(
-            self._h.append.remote(stream, items, expected_version, user, correlation_id, causation_id)
-        )
+        meta = (user, correlation_id, causation_id)
+        head: Appended = await call(self._h.append.remote(stream, items, expected_version, *meta))
         return appended_envelopes(
             stream, items, head, user=user, correlation_id=correlation_id, causation_id=causation_id
         )
@@ -147,12 +146,49 @@ class EventStore:
         types: Sequence[str] | None = None,
         until_seq: int | None = None,
     ) -> list[Envelope]:
-        data = await call(
-            self._h.read.remote(
-                after, limit, stream, prefix, list(types) if types is not None else None, until_seq
-            )
+        return decode_envelopes(await call(self._read(after, limit, stream, prefix, types, until_seq)))
+
+    def _read(
+        self,
+        after: int,
+        limit: int,
+        stream: str | None,
+        prefix: str | None,
+        types: Sequence[str] | None,
+        until_seq: int | None,
+    ) -> Any:
+        return self._h.read.remote(
+            after, limit, stream, prefix, list(types) if types is not None else None, until_seq
         )
-        return decode_envelopes(data)
+
+    # -- blocking twins, for code in a worker thread (a job body): see :meth:`sync_view`
+    def append_sync(
+        self, stream: str, events: Sequence[Event], expected_version: int | None = None
+    ) -> list[Envelope]:
+        items = [(type_of(e), encode_event(e)) for e in events]
+        head: Appended = call_sync(self._h.append.remote(stream, items, expected_version, "", "", ""))
+        return appended_envelopes(stream, items, head)
+
+    def read_sync(
+        self,
+        after: int = 0,
+        limit: int = 1000,
+        stream: str | None = None,
+        prefix: str | None = None,
+        types: Sequence[str] | None = None,
+        until_seq: int | None = None,
+    ) -> list[Envelope]:
+        return decode_envelopes(call_sync(self._read(after, limit, stream, prefix, types, until_seq)))
+
+    def wait_for_sync(self, after: int, timeout: float) -> int:
+        return int(call_sync(self._h.wait_for.remote(after, timeout)))
+
+    def stream_version_sync(self, stream: str) -> int:
+        return int(call_sync(self._h.stream_version.remote(stream)))
+
+    def sync_view(self) -> SyncEventStore:
+        """This store as a :class:`cvops.events.store.SyncStore` (what a SyncProjection reads)."""
+        return SyncEventStore(self)
 
     async def stream_version(self, stream: str) -> int:
         return await call(self._h.stream_version.remote(stream))  # type: ignore[no-any-return]
@@ -172,3 +208,14 @@ class EventStore:
         types: Sequence[str] | None = None,
     ) -> AsyncIterator[Envelope]:
         return subscribe(self, after, stream=stream, prefix=prefix, types=types)
+
+
+class SyncEventStore:
+    """:class:`EventStore`'s blocking methods under the :class:`cvops.events.store.SyncStore` names."""
+
+    def __init__(self, store: EventStore) -> None:
+        self.store = store
+        self.append = store.append_sync
+        self.read = store.read_sync
+        self.wait_for = store.wait_for_sync
+        self.stream_version = store.stream_version_sync

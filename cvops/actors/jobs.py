@@ -18,8 +18,8 @@ from typing import Any, ClassVar
 import msgspec
 import ray
 
-from cvops.actors.common import call_sync, worker_priority
-from cvops.actors.eventlog import ACTOR_NAME
+from cvops.actors.common import worker_priority
+from cvops.actors.eventlog import EventStore
 from cvops.blobs import BlobStore
 from cvops.config import Settings
 from cvops.errors import CvopsError
@@ -28,14 +28,10 @@ from cvops.events.scheduling import job_stream
 from cvops.events.schema import (
     CheckpointSaved,
     CheckpointsDiscarded,
-    Envelope,
     Event,
     JobProgressed,
-    decode_envelopes,
-    encode_event,
-    type_of,
 )
-from cvops.events.store import appended_envelopes
+from cvops.events.store import SyncStore
 from cvops.gc import KEPT_TYPES, KeptCheckpoint, apply_kept, checkpoints_to_discard, parse_keep
 from cvops.jobs_api import BenchmarkJob, EvolveJob, JobRequest, TrainJob
 
@@ -46,46 +42,6 @@ PROGRESS_EVERY_S = 2.0
 
 class JobCancelled(Exception):
     """Raised inside a job when its cancel flag is seen."""
-
-
-class SyncStore:
-    """Blocking access to the EventLog actor, for code running in a worker thread: a
-    :class:`cvops.events.store.SyncStore`, so a :class:`~cvops.events.projection.SyncProjection` reads
-    through it."""
-
-    def __init__(self) -> None:
-        self._h = ray.get_actor(ACTOR_NAME, namespace="cvops")
-
-    def append(
-        self, stream: str, events: Sequence[Event], expected_version: int | None = None
-    ) -> list[Envelope]:
-        items = [(type_of(e), encode_event(e)) for e in events]
-        head: Any = call_sync(self._h.append.remote(stream, items, expected_version, "", "", ""))
-        return appended_envelopes(stream, items, head)
-
-    def read(
-        self,
-        after: int = 0,
-        limit: int = 1000,
-        stream: str | None = None,
-        prefix: str | None = None,
-        types: Sequence[str] | None = None,
-        until_seq: int | None = None,
-    ) -> list[Envelope]:
-        data: Any = call_sync(
-            self._h.read.remote(
-                after, limit, stream, prefix, list(types) if types is not None else None, until_seq
-            )
-        )
-        return decode_envelopes(data)
-
-    def wait_for(self, after: int, timeout: float) -> int:
-        head: Any = call_sync(self._h.wait_for.remote(after, timeout))
-        return int(head)
-
-    def stream_version(self, stream: str) -> int:
-        version: Any = ray.get(self._h.stream_version.remote(stream))
-        return int(version)
 
 
 def typed_job(spec: dict[str, Any]) -> tuple[JobRequest, bool]:
@@ -243,7 +199,7 @@ class JobActor:
                 token,
                 attempt,
                 self._settings,
-                SyncStore(),
+                EventStore.connect().sync_view(),
                 self._cancel,
                 last_checkpoint,
             )
