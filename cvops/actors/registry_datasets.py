@@ -19,12 +19,12 @@ from cvops.actors.eventlog import EventStore
 from cvops.config import Settings
 from cvops.errors import CvopsError, NotFound, ValidationFailed
 from cvops.events import projections as proj
+from cvops.events.commands import TASKS
 from cvops.events.projection import Projection
-from cvops.events.schema import DatasetRejected, DatasetUploaded, DatasetValidated, Envelope, Event
+from cvops.events.schema import DatasetRejected, DatasetUploaded, Envelope, Event
 
 log = logging.getLogger(__name__)
 
-TASKS = ("classification", "detection")
 FORMATS = ("imagefolder", "yolo")
 
 
@@ -102,7 +102,7 @@ class DatasetRecords:
             d = self._dataset(dataset_id)
             version = await self.store.stream_version(dataset_stream(dataset_id))
             try:
-                fields = await dataset_task.remote(self.settings, d)
+                validated = await dataset_task.remote(self.settings, d)
             except Exception as exc:  # noqa: BLE001 - every failure becomes a rejection with its reason
                 inner = unwrap(exc)
                 reason = (
@@ -118,11 +118,7 @@ class DatasetRecords:
                     version,
                 )
                 return
-            allowed = set(DatasetValidated.__struct_fields__)
-            event = msgspec.convert(
-                {"dataset_id": dataset_id, **{k: v for k, v in fields.items() if k in allowed}},
-                DatasetValidated,
-            )
+            event = msgspec.structs.replace(validated, dataset_id=dataset_id)
             await self._append(dataset_stream(dataset_id), [event], version)
         except CvopsError as exc:
             log.warning("validation of %s could not be recorded: %s", dataset_id, exc)
