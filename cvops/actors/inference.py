@@ -25,9 +25,10 @@ from cvops.errors import Conflict, CvopsError, NotFound, ValidationFailed
 from cvops.events import projections as proj
 from cvops.events.job_facts import ENGINE_TYPES, EngineChoices, apply_engine_selected
 from cvops.events.projection import Projection
-from cvops.events.schema import DeploymentCreated, DeploymentDeleted, Preprocessing
+from cvops.events.schema import DeploymentCreated, DeploymentDeleted
 from cvops.events.store import Store
-from cvops.serving import BatchingRouter, RouterStats, WorkerDied
+from cvops.serving import BatchingRouter, WorkerDied
+from cvops.views import DeploymentView
 
 if TYPE_CHECKING:
     from cvops.actors.registry import Registry
@@ -57,12 +58,14 @@ class InferenceWorker:
 
         blobs = BlobStore(settings.blob_root)
         model = msgspec.msgpack.decode(model_msgpack, type=proj.ModelRecord)
-        onnx = model.onnx or {}
-        pre = msgspec.convert(onnx["preprocessing"], Preprocessing)
+        onnx = model.onnx
+        if onnx is None:
+            raise ValidationFailed(f"model {model.id} has no ONNX form (status {model.status})")
+        pre = onnx.preprocessing
         eng = get_engine(engine)
-        has_torch = bool(onnx.get("torch_sha256"))
+        has_torch = bool(onnx.torch_sha256)
         eng.load(
-            blobs.path(onnx["sha256"]),
+            blobs.path(onnx.sha256),
             torch_module_factory=(lambda: build_torch_source(model, blobs)) if has_torch else None,
             threads=threads,
             max_batch=max_batch,
@@ -84,14 +87,6 @@ class InferenceWorker:
 
     def ping(self) -> int:
         return os.getpid()
-
-
-class DeploymentView(proj.DeploymentRecord, kw_only=True):
-    """A deployment as ``GET /deployments/{id}`` shows it: its record, whether this gateway serves it,
-    and (while it does) its router's counters.  ``router`` is left out of the JSON when not serving."""
-
-    serving: bool = False
-    router: RouterStats | msgspec.UnsetType = msgspec.UNSET
 
 
 class _WorkerHandle:

@@ -12,7 +12,9 @@ import msgspec
 from cvops.actors import registry as reg
 from cvops.actors.inference import DeploymentView, InferencePool
 from cvops.config import Settings
-from cvops.events.projections import DatasetRecord, DeploymentRecord, ModelRecord
+from cvops.events.commands import RegisterModel, decode_register_model
+from cvops.events.projections import DatasetRecord, DeploymentRecord, ModelRecord, OnnxInfo
+from cvops.events.schema import Parity, Preprocessing, TensorSpec
 from cvops.serving import RouterStats
 
 MODEL = ModelRecord(
@@ -26,21 +28,26 @@ MODEL = ModelRecord(
     preset="resnet18",
     num_classes=2,
     hyperparameters={"lr": 0.001, "epochs": 3},
-    onnx={
-        "sha256": "a" * 64,
-        "bytes": 123,
-        "opset": 17,
-        "inputs": [{"name": "input", "shape": ["N", 3, 224, 224]}],
-        "preprocessing": {"image_size": [224, 224], "mean": [0.485, 0.456, 0.406]},
-        "torch_sha256": "b" * 64,
-    },
-    parity={"max_abs_diff": 1.5e-6, "ok": True},
+    onnx=OnnxInfo(
+        sha256="a" * 64,
+        bytes=123,
+        opset=17,
+        inputs=[TensorSpec(name="input", shape=["N", 3, 224, 224], dtype="float32")],
+        outputs=[TensorSpec(name="logits", shape=["N", 2], dtype="float32")],
+        parameter_count=10,
+        preprocessing=Preprocessing(image_size=[224, 224]),
+        torch_sha256="b" * 64,
+        torch_format="state_dict",
+        torch_arch="resnet18",
+    ),
+    parity=Parity(max_abs_diff=1.5e-6, top1_agreement=1.0, tolerance=1e-4, samples=4, passed=True),
     error_details={"k": [1, 2.5]},
     attempts=1,
     created_ts=1700000000.25,
     updated_ts=1700000001.0,
     version=3,
 )
+COMMAND = RegisterModel(name="x", task="classification", source_format="preset", preset="resnet18")
 DATASET = DatasetRecord(
     id="d1",
     name="pets",
@@ -97,7 +104,7 @@ def test_the_registry_facade_returns_structs() -> None:
     async def go() -> None:
         assert await facade.get("m1") == MODEL
         assert await facade.wait("m1", 1.0) == MODEL
-        assert await facade.register({"name": "x"}, "u") == MODEL
+        assert await facade.register(COMMAND, "u") == MODEL
         assert await facade.list_models() == [MODEL]
         assert await facade.get_dataset("d1") == DATASET
         assert await facade.wait_dataset("d1", 1.0) == DATASET
@@ -106,6 +113,8 @@ def test_the_registry_facade_returns_structs() -> None:
 
     asyncio.run(go())
     assert handle.wait.args == ("m1", 1.0)
+    wire, user = handle.register.args  # the command crosses as msgpack and decodes back typed
+    assert decode_register_model(wire) == COMMAND and user == "u"
 
 
 def _old_view(rec: DeploymentRecord, stats: RouterStats | None) -> bytes:
