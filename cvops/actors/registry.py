@@ -28,7 +28,12 @@ from cvops.blobs import BlobStore
 from cvops.config import Settings
 from cvops.errors import ConcurrencyError, Conflict, CvopsError, NotFound, ValidationFailed
 from cvops.events import projections as proj
-from cvops.events.commands import RegisterModel, decode_register_model, encode_command
+from cvops.events.commands import (
+    RegisterDataset,
+    RegisterModel,
+    decode_register_model,
+    encode_command,
+)
 from cvops.events.projection import Projection
 from cvops.events.schema import (
     Event,
@@ -330,8 +335,8 @@ class Registry:
     async def release_blob(self, sha: str) -> bool:
         return await call(self._h.release_blob.remote(sha))  # type: ignore[no-any-return]
 
-    async def register_dataset(self, fields: dict[str, Any], user: str) -> proj.DatasetRecord:
-        return _DATASET.decode(await call(self._h.register_dataset.remote(fields, user)))
+    async def register_dataset(self, command: RegisterDataset, user: str) -> proj.DatasetRecord:
+        return _DATASET.decode(await call(self._h.register_dataset.remote(encode_command(command), user)))
 
     async def get_dataset(self, dataset_id: str) -> proj.DatasetRecord:
         return _DATASET.decode(await call(self._h.get_dataset.remote(dataset_id)))

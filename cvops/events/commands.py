@@ -10,9 +10,10 @@ from __future__ import annotations
 import msgspec
 
 from cvops.errors import ValidationFailed
-from cvops.events.schema import ModelSource, ModelUploaded
+from cvops.events.schema import DatasetSource, DatasetUploaded, ModelSource, ModelUploaded
 
 TASKS = ("classification", "detection")
+FORMATS = ("imagefolder", "yolo")
 
 
 class RegisterModel(ModelSource, frozen=True, kw_only=True):
@@ -36,12 +37,34 @@ class RegisterModel(ModelSource, frozen=True, kw_only=True):
         return ModelUploaded(**fields)
 
 
+class RegisterDataset(DatasetSource, frozen=True, kw_only=True):
+    """Register an uploaded dataset zip and validate it; the registry draws its id."""
+
+    dataset_id: str = ""
+
+    def check(self) -> None:
+        if self.task not in TASKS:
+            raise ValidationFailed(f"task must be one of {', '.join(TASKS)}", {"field": "task"})
+        if self.format not in FORMATS:
+            raise ValidationFailed("format must be imagefolder or yolo", {"field": "format"})
+
+    def to_event(self, dataset_id: str) -> DatasetUploaded:
+        fields = {f: getattr(self, f) for f in DatasetSource.__struct_fields__}
+        fields["dataset_id"] = dataset_id
+        return DatasetUploaded(**fields)
+
+
 _DECODER = msgspec.msgpack.Decoder(RegisterModel)
+_DATASET_DECODER = msgspec.msgpack.Decoder(RegisterDataset)
 
 
-def encode_command(command: RegisterModel) -> bytes:
+def encode_command(command: RegisterModel | RegisterDataset) -> bytes:
     return msgspec.msgpack.encode(command)
 
 
 def decode_register_model(data: bytes) -> RegisterModel:
     return _DECODER.decode(data)
+
+
+def decode_register_dataset(data: bytes) -> RegisterDataset:
+    return _DATASET_DECODER.decode(data)

@@ -173,13 +173,20 @@ class UploadRejected(Event, frozen=True):
 # ----------------------------------------------------------------------------------------- datasets
 
 
-class DatasetUploaded(Event, frozen=True):
+class DatasetSource(msgspec.Struct, frozen=True, kw_only=True):
+    """An uploaded dataset zip, declared once: :class:`DatasetUploaded` is exactly these fields (plus its
+    tag), and the ``RegisterDataset`` command (:mod:`cvops.events.commands`) is these without an id yet."""
+
     dataset_id: str
     name: str
     task: str
     format: str  # imagefolder | yolo
     sha256: str
     bytes: int
+
+
+class DatasetUploaded(Event, DatasetSource, frozen=True):
+    """A dataset zip was stored (the fields: :class:`DatasetSource`)."""
 
 
 class DatasetValidated(Event, frozen=True):

@@ -9,6 +9,7 @@ from aiohttp import web
 
 from cvops.blobs import BlobStore
 from cvops.errors import ValidationFailed
+from cvops.events.commands import RegisterDataset
 from cvops.events.projections import DatasetRecord
 from cvops.platform.bodies import json_response
 from cvops.platform.keys import SERVICES
@@ -44,8 +45,8 @@ async def _accept_dataset(registry: Registry, up: Upload, blobs: BlobStore, user
         head = fh.read(4)
     if head not in ZIP_MAGIC:
         raise ValidationFailed("dataset must be a zip archive", {"field": "file"})
-    fields = {"name": name, "task": task, "format": fmt, "sha256": up.blob.sha256, "bytes": up.blob.bytes}
-    return await registry.register_dataset(fields, user)
+    command = RegisterDataset(name=name, task=task, format=fmt, sha256=up.blob.sha256, bytes=up.blob.bytes)
+    return await registry.register_dataset(command, user)
 
 
 DATASET = UploadKind(

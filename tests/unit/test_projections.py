@@ -175,7 +175,9 @@ def test_models_fold() -> None:
     assert m1.parity is not None and m1.parity.passed is True
     # the record composes the event's own Structs rather than copies of their fields
     ev = converted("m1")
-    assert m1.parity == ev.parity and m1.onnx.preprocessing == ev.preprocessing and m1.onnx.inputs == ev.inputs
+    assert (
+        m1.parity == ev.parity and m1.onnx.preprocessing == ev.preprocessing and m1.onnx.inputs == ev.inputs
+    )
     assert m1.labels == ["a", "b"] and m1.hyperparameters == {"lr": 0.1}
     assert m1.attempts == 1 and m1.error is None
     assert m1.created_ts == 1006.0 and m1.updated_ts == 1008.0

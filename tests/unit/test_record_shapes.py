@@ -259,3 +259,19 @@ def test_the_document_declares_the_records_fields(spec: dict[str, Any]) -> None:
     assert set(comps["DeploymentView"]["properties"]) == set(DeploymentView.__struct_fields__)
     assert set(comps["DatasetRecord"]["properties"]) == set(proj.DatasetRecord.__struct_fields__)
     assert comps["ModelList"]["properties"]["models"]["items"] == {"$ref": "#/components/schemas/ModelRecord"}
+
+
+def test_register_dataset_is_the_event_the_old_path_wrote() -> None:
+    from cvops.errors import ValidationFailed
+    from cvops.events.commands import RegisterDataset, decode_register_dataset
+
+    fields = {"name": "pets", "task": "detection", "format": "yolo", "sha256": "c" * 64, "bytes": 10}
+    command = RegisterDataset(**fields)
+    command.check()
+    assert decode_register_dataset(encode_command(command)) == command
+    old = msgspec.convert({"dataset_id": "d1", **fields}, s.DatasetUploaded)
+    assert s.encode_event(command.to_event("d1")) == s.encode_event(old)
+    assert s.DatasetUploaded.__struct_fields__ == s.DatasetSource.__struct_fields__
+    for bad in ({"task": "segmentation"}, {"format": "coco"}):
+        with pytest.raises(ValidationFailed):
+            msgspec.structs.replace(command, **bad).check()

@@ -12,7 +12,12 @@ import msgspec
 from cvops.actors import registry as reg
 from cvops.actors.inference import DeploymentView, InferencePool
 from cvops.config import Settings
-from cvops.events.commands import RegisterModel, decode_register_model
+from cvops.events.commands import (
+    RegisterDataset,
+    RegisterModel,
+    decode_register_dataset,
+    decode_register_model,
+)
 from cvops.events.projections import DatasetRecord, DeploymentRecord, ModelRecord, OnnxInfo
 from cvops.events.schema import Parity, Preprocessing, TensorSpec
 from cvops.serving import RouterStats
@@ -48,6 +53,9 @@ MODEL = ModelRecord(
     version=3,
 )
 COMMAND = RegisterModel(name="x", task="classification", source_format="preset", preset="resnet18")
+DATASET_COMMAND = RegisterDataset(
+    name="pets", task="classification", format="imagefolder", sha256="c" * 64, bytes=4096
+)
 DATASET = DatasetRecord(
     id="d1",
     name="pets",
@@ -108,13 +116,15 @@ def test_the_registry_facade_returns_structs() -> None:
         assert await facade.list_models() == [MODEL]
         assert await facade.get_dataset("d1") == DATASET
         assert await facade.wait_dataset("d1", 1.0) == DATASET
-        assert await facade.register_dataset({"name": "x"}, "u") == DATASET
+        assert await facade.register_dataset(DATASET_COMMAND, "u") == DATASET
         assert await facade.list_datasets() == [DATASET]
 
     asyncio.run(go())
     assert handle.wait.args == ("m1", 1.0)
     wire, user = handle.register.args  # the command crosses as msgpack and decodes back typed
     assert decode_register_model(wire) == COMMAND and user == "u"
+    wire, user = handle.register_dataset.args
+    assert decode_register_dataset(wire) == DATASET_COMMAND and user == "u"
 
 
 def _old_view(rec: DeploymentRecord, stats: RouterStats | None) -> bytes:
