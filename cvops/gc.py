@@ -124,10 +124,9 @@ def referenced_blobs(envelopes: Iterable[Envelope]) -> dict[str, str]:
     served = {d.model_id for d in state.deployments.deployments.values() if d.status == "active"}
     for m in state.models.models.values():
         live = m.status not in ("failed", "deleted")
-        onnx = m.onnx or {}
-        if live or m.id in served:
-            name(onnx.get("sha256"), f"model {m.id} onnx")
-            name(onnx.get("torch_sha256"), f"model {m.id} torch form")
+        if m.onnx is not None and (live or m.id in served):
+            name(m.onnx.sha256, f"model {m.id} onnx")
+            name(m.onnx.torch_sha256, f"model {m.id} torch form")
         if live:
             name(m.source_sha256, f"model {m.id} source")
     for d in state.datasets.datasets.values():

@@ -304,14 +304,14 @@ def _check_signature(
 
 def package_files(model: ModelRecord, engine: str, blob_path: Any) -> dict[str, Path]:
     """Which blobs go into a package of ``model`` for ``engine`` (``blob_path(sha) -> Path``)."""
-    onnx = model.onnx or {}
-    if model.status != "ready" or not onnx.get("sha256"):
+    onnx = model.onnx
+    if model.status != "ready" or onnx is None or not onnx.sha256:
         raise ValidationFailed(f"model {model.id} is not ready", {"field": "model_id"})
-    files = {"model.onnx": Path(blob_path(onnx["sha256"]))}
+    files = {"model.onnx": Path(blob_path(onnx.sha256))}
     if engine.startswith("torch-"):
-        if not onnx.get("torch_sha256"):
+        if not onnx.torch_sha256:
             raise ValidationFailed(
                 f"{engine} needs a torch form and this model has none", {"field": "engine"}
             )
-        files["weights.pt"] = Path(blob_path(onnx["torch_sha256"]))
+        files["weights.pt"] = Path(blob_path(onnx.torch_sha256))
     return files

@@ -51,15 +51,15 @@ def run_benchmark_job(ctx: JobContext) -> dict[str, Any]:
     if rec.status != "ready" or not rec.onnx:
         raise ValidationFailed(f"model {rec.id} is not ready")
     onnx = rec.onnx
-    onnx_path = ctx.blobs.path(onnx["sha256"])
-    input_dims = onnx["inputs"][0]["shape"]
-    size = onnx["preprocessing"]["image_size"]
+    onnx_path = ctx.blobs.path(onnx.sha256)
+    input_dims = onnx.inputs[0].shape
+    size = onnx.preprocessing.image_size
     input_shape = [1, int(input_dims[1]) if isinstance(input_dims[1], int) else 3, int(size[0]), int(size[1])]
 
     def factory() -> Any:
         return build_torch_source(rec, ctx.blobs)
 
-    has_torch = bool(onnx.get("torch_sha256"))
+    has_torch = bool(onnx.torch_sha256)
     device_index = int(ctx.device.split(":")[1]) if ctx.device.startswith("cuda:") else 0
 
     def progress(p: dict[str, Any]) -> None:

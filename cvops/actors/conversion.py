@@ -7,16 +7,15 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any
 
-import msgspec
 import ray
 
 from cvops.actors.common import worker_priority
 from cvops.blobs import BlobStore
 from cvops.config import Settings
 from cvops.events.projections import DatasetRecord
-from cvops.ml.conversion import ConversionRequest, ConvertedModel
+from cvops.events.schema import DatasetValidated, ModelConverted
+from cvops.ml.conversion import ConversionRequest
 
 
 def conversion_memory_bytes(settings: Settings) -> int:
@@ -27,7 +26,7 @@ def conversion_memory_bytes(settings: Settings) -> int:
 
 
 @ray.remote(num_cpus=1, max_calls=1, max_retries=0)
-def convert_task(settings: Settings, req: ConversionRequest) -> ConvertedModel:
+def convert_task(settings: Settings, req: ConversionRequest) -> ModelConverted:
     """Convert one model to ONNX with a parity check (:func:`cvops.ml.conversion.run_conversion`)."""
     from cvops.ml.conversion import run_conversion
 
@@ -42,8 +41,8 @@ def convert_task(settings: Settings, req: ConversionRequest) -> ConvertedModel:
 
 
 @ray.remote(num_cpus=1, max_calls=1, max_retries=0)
-def dataset_task(settings: Settings, rec: DatasetRecord) -> dict[str, Any]:
-    """Extract a dataset zip safely and validate it; returns the DatasetValidated fields."""
+def dataset_task(settings: Settings, rec: DatasetRecord) -> DatasetValidated:
+    """Extract a dataset zip safely and validate it; returns the ``DatasetValidated`` event."""
     from cvops.ml.datasets import safe_extract, validate_dataset
 
     worker_priority()
@@ -58,6 +57,4 @@ def dataset_task(settings: Settings, rec: DatasetRecord) -> dict[str, Any]:
     except BaseException:
         shutil.rmtree(dest, ignore_errors=True)
         raise
-    out: dict[str, Any] = msgspec.to_builtins(info)
-    out["path"] = str(rel)
-    return out
+    return info.to_event(rec.id, str(rel))

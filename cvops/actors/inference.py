@@ -29,7 +29,8 @@ from cvops.events.projection import Projection
 from cvops.events.schema import DeploymentCreated, DeploymentDeleted, Preprocessing
 from cvops.events.store import Store
 from cvops.ml.video import VIDEO_TYPES, media_type
-from cvops.serving import DEFAULT_MAX_WAIT_MS, BatchingRouter, RouterStats, WorkerDied, default_max_batch
+from cvops.serving import DEFAULT_MAX_WAIT_MS, BatchingRouter, WorkerDied, default_max_batch
+from cvops.views import DeploymentView
 
 if TYPE_CHECKING:
     from cvops.actors.registry import Registry
@@ -72,16 +73,18 @@ class InferenceWorker:
 
         blobs = BlobStore(settings.blob_root)
         model = msgspec.msgpack.decode(model_msgpack, type=proj.ModelRecord)
-        onnx = model.onnx or {}
-        pre = msgspec.convert(onnx["preprocessing"], Preprocessing)
+        onnx = model.onnx
+        if onnx is None:
+            raise ValidationFailed(f"model {model.id} has no ONNX form (status {model.status})")
+        pre = onnx.preprocessing
         eng = get_engine(engine)
         if hasattr(eng, "plan_cache"):  # TensorRT: the deployment's workers build one plan, then reuse it
             from cvops.ml.plan_cache import PlanCache
 
             eng.plan_cache = PlanCache.beside_blobs(settings.blob_root)
-        has_torch = bool(onnx.get("torch_sha256"))
+        has_torch = bool(onnx.torch_sha256)
         eng.load(
-            blobs.path(onnx["sha256"]),
+            blobs.path(onnx.sha256),
             torch_module_factory=(lambda: build_torch_source(model, blobs)) if has_torch else None,
             threads=threads,
             max_batch=max_batch,
@@ -104,14 +107,6 @@ class InferenceWorker:
 
     def ping(self) -> int:
         return os.getpid()
-
-
-class DeploymentView(proj.DeploymentRecord, kw_only=True):
-    """A deployment as ``GET /deployments/{id}`` shows it: its record, whether this gateway serves it,
-    and (while it does) its router's counters.  ``router`` is left out of the JSON when not serving."""
-
-    serving: bool = False
-    router: RouterStats | msgspec.UnsetType = msgspec.UNSET
 
 
 class _WorkerHandle:
@@ -278,7 +273,7 @@ class InferencePool:
             timeout_s=self.settings.inference_timeout_s,
             on_worker_died=on_died,
         )
-        pre = msgspec.convert((model.onnx or {}).get("preprocessing") or {}, Preprocessing)
+        pre = model.onnx.preprocessing if model.onnx is not None else Preprocessing()
         dep = _Deployment(rec, workers, router, model.task, pre)
         holder.append(dep)
         self.live[rec.id] = dep

@@ -20,7 +20,6 @@ from cvops.actors.conversion import convert_task
 from cvops.actors.eventlog import EventStore
 from cvops.actors.registry_datasets import (
     REGISTRY_TYPES,
-    TASKS,
     DatasetRecords,
     RegistryState,
     apply_registry,
@@ -29,15 +28,21 @@ from cvops.blobs import BlobStore
 from cvops.config import Settings
 from cvops.errors import ConcurrencyError, Conflict, CvopsError, NotFound, ValidationFailed
 from cvops.events import projections as proj
+from cvops.events.commands import (
+    RegisterDataset,
+    RegisterModel,
+    decode_register_model,
+    encode_command,
+)
 from cvops.events.projection import Projection
 from cvops.events.schema import (
     Event,
     ModelConversionStarted,
+    ModelConverted,
     ModelDeleted,
     ModelRejected,
-    ModelUploaded,
 )
-from cvops.ml.conversion import ConversionRequest, ConvertedModel
+from cvops.ml.conversion import ConversionRequest
 
 log = logging.getLogger(__name__)
 
@@ -130,14 +135,14 @@ class ModelRegistry(DatasetRecords):
         if not self.started:
             await self.start()
 
-    async def register(self, fields: dict[str, Any], user: str) -> bytes:
-        """Record an upload / preset / trained model and start converting it."""
+    async def register(self, command: bytes, user: str) -> bytes:
+        """Record an upload / preset / trained model (a msgpack :class:`RegisterModel`) and start
+        converting it."""
         await self._ensure_started()
-        model_id = fields.pop("model_id", None) or uuid.uuid4().hex[:16]
-        if fields.get("task") not in TASKS:
-            raise ValidationFailed(f"task must be one of {', '.join(TASKS)}", {"field": "task"})
-        event = msgspec.convert({"model_id": model_id, **fields}, ModelUploaded)
-        await self._append(model_stream(model_id), [event], 0, user)
+        cmd = decode_register_model(command)
+        cmd.check()
+        model_id = cmd.model_id or uuid.uuid4().hex[:16]
+        await self._append(model_stream(model_id), [cmd.to_event(model_id)], 0, user)
         self._spawn_convert(model_id)
         return self._view(self._model(model_id))
 
@@ -154,7 +159,10 @@ class ModelRegistry(DatasetRecords):
                 [ModelConversionStarted(model_id=model_id, attempt=attempt)],
                 m.version,
             )
-            req = msgspec.convert(self._model(model_id), ConversionRequest, from_attributes=True)
+            req = msgspec.structs.replace(
+                msgspec.convert(self._model(model_id), ConversionRequest, from_attributes=True),
+                model_id=model_id,
+            )
             try:
                 async with self.conversions:
                     converted = await self._run_conversion(req)
@@ -174,7 +182,7 @@ class ModelRegistry(DatasetRecords):
                     self._model(model_id).version,
                 )
                 return
-            event = converted.to_event(model_id)
+            event = msgspec.structs.replace(converted, model_id=model_id)
             await self._append(model_stream(model_id), [event], self._model(model_id).version)
             m = self._model(model_id)
             if source_dropped(m) and m.source_sha256:
@@ -184,7 +192,7 @@ class ModelRegistry(DatasetRecords):
         finally:
             self.running.pop(model_id, None)
 
-    async def _run_conversion(self, req: ConversionRequest) -> ConvertedModel:
+    async def _run_conversion(self, req: ConversionRequest) -> ModelConverted:
         """The conversion task under a wall-clock limit; past it the task is killed and the model rejected."""
         limit = self.settings.conversion_timeout_s
         ref = convert_task.remote(self.settings, req)
@@ -208,8 +216,7 @@ class ModelRegistry(DatasetRecords):
         for x in self.models.models.values():
             if x.id == skip_model or x.status in ("failed", "deleted"):
                 continue
-            onnx = x.onnx or {}
-            if sha in (onnx.get("sha256"), onnx.get("torch_sha256")):
+            if x.onnx is not None and sha in (x.onnx.sha256, x.onnx.torch_sha256):
                 return True
             if sha == x.source_sha256 and not source_dropped(x):
                 return True
@@ -307,8 +314,8 @@ class Registry:
     def connect(cls) -> Registry:
         return cls(get_actor(ACTOR_NAME))
 
-    async def register(self, fields: dict[str, Any], user: str) -> proj.ModelRecord:
-        return _MODEL.decode(await call(self._h.register.remote(fields, user)))
+    async def register(self, command: RegisterModel, user: str) -> proj.ModelRecord:
+        return _MODEL.decode(await call(self._h.register.remote(encode_command(command), user)))
 
     async def get(self, model_id: str) -> proj.ModelRecord:
         return _MODEL.decode(await call(self._h.get.remote(model_id)))
@@ -328,8 +335,8 @@ class Registry:
     async def release_blob(self, sha: str) -> bool:
         return await call(self._h.release_blob.remote(sha))  # type: ignore[no-any-return]
 
-    async def register_dataset(self, fields: dict[str, Any], user: str) -> proj.DatasetRecord:
-        return _DATASET.decode(await call(self._h.register_dataset.remote(fields, user)))
+    async def register_dataset(self, command: RegisterDataset, user: str) -> proj.DatasetRecord:
+        return _DATASET.decode(await call(self._h.register_dataset.remote(encode_command(command), user)))
 
     async def get_dataset(self, dataset_id: str) -> proj.DatasetRecord:
         return _DATASET.decode(await call(self._h.get_dataset.remote(dataset_id)))
@@ -344,8 +351,8 @@ class Registry:
         await call(self._h.stop.remote())
 
     # ------------------------------------------------------------------ sync (job bodies' threads)
-    def register_sync(self, fields: dict[str, Any], user: str) -> proj.ModelRecord:
-        return _MODEL.decode(call_sync(self._h.register.remote(fields, user)))
+    def register_sync(self, command: RegisterModel, user: str) -> proj.ModelRecord:
+        return _MODEL.decode(call_sync(self._h.register.remote(encode_command(command), user)))
 
     def get_sync(self, model_id: str) -> proj.ModelRecord:
         return _MODEL.decode(call_sync(self._h.get.remote(model_id)))

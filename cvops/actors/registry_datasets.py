@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from typing import Any
 
 import msgspec
 
@@ -17,15 +16,13 @@ from cvops.actors.common import unwrap
 from cvops.actors.conversion import dataset_task
 from cvops.actors.eventlog import EventStore
 from cvops.config import Settings
-from cvops.errors import CvopsError, NotFound, ValidationFailed
+from cvops.errors import CvopsError, NotFound
 from cvops.events import projections as proj
+from cvops.events.commands import decode_register_dataset
 from cvops.events.projection import Projection
-from cvops.events.schema import DatasetRejected, DatasetUploaded, DatasetValidated, Envelope, Event
+from cvops.events.schema import DatasetRejected, Envelope, Event
 
 log = logging.getLogger(__name__)
-
-TASKS = ("classification", "detection")
-FORMATS = ("imagefolder", "yolo")
 
 
 def dataset_stream(dataset_id: str) -> str:
@@ -80,15 +77,13 @@ class DatasetRecords:
             raise NotFound(f"no dataset {dataset_id!r}", {"dataset_id": dataset_id})
         return d
 
-    async def register_dataset(self, fields: dict[str, Any], user: str) -> bytes:
+    async def register_dataset(self, command: bytes, user: str) -> bytes:
+        """Record an uploaded dataset (a msgpack :class:`RegisterDataset`) and start validating it."""
         await self._ensure_started()
+        cmd = decode_register_dataset(command)
+        cmd.check()
         dataset_id = uuid.uuid4().hex[:16]
-        if fields.get("task") not in TASKS:
-            raise ValidationFailed(f"task must be one of {', '.join(TASKS)}", {"field": "task"})
-        if fields.get("format") not in FORMATS:
-            raise ValidationFailed("format must be imagefolder or yolo", {"field": "format"})
-        event = msgspec.convert({"dataset_id": dataset_id, **fields}, DatasetUploaded)
-        await self._append(dataset_stream(dataset_id), [event], 0, user)
+        await self._append(dataset_stream(dataset_id), [cmd.to_event(dataset_id)], 0, user)
         self._spawn_dataset(dataset_id)
         return msgspec.msgpack.encode(self._dataset(dataset_id))
 
@@ -102,7 +97,7 @@ class DatasetRecords:
             d = self._dataset(dataset_id)
             version = await self.store.stream_version(dataset_stream(dataset_id))
             try:
-                fields = await dataset_task.remote(self.settings, d)
+                validated = await dataset_task.remote(self.settings, d)
             except Exception as exc:  # noqa: BLE001 - every failure becomes a rejection with its reason
                 inner = unwrap(exc)
                 reason = (
@@ -118,11 +113,7 @@ class DatasetRecords:
                     version,
                 )
                 return
-            allowed = set(DatasetValidated.__struct_fields__)
-            event = msgspec.convert(
-                {"dataset_id": dataset_id, **{k: v for k, v in fields.items() if k in allowed}},
-                DatasetValidated,
-            )
+            event = msgspec.structs.replace(validated, dataset_id=dataset_id)
             await self._append(dataset_stream(dataset_id), [event], version)
         except CvopsError as exc:
             log.warning("validation of %s could not be recorded: %s", dataset_id, exc)

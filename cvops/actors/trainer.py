@@ -21,6 +21,7 @@ import ray
 from cvops.actors.jobs import JobActor, JobCancelled, JobContext
 from cvops.actors.registry import Registry
 from cvops.errors import CvopsError, ValidationFailed
+from cvops.events.commands import RegisterModel
 from cvops.events.projections import DatasetRecord, ModelRecord
 from cvops.jobs_api import TrainJob
 
@@ -41,7 +42,7 @@ def _fit_head(module: Any, rec: ModelRecord, classes: list[str], blobs: Any) -> 
 
     from cvops.ml import presets
 
-    arch = (rec.onnx or {}).get("torch_arch") or rec.preset or rec.arch
+    arch = (rec.onnx.torch_arch if rec.onnx else None) or rec.preset or rec.arch
     num = rec.num_classes or len(rec.labels)
     if num == len(classes):
         return module
@@ -107,7 +108,7 @@ def run_train_job(ctx: JobContext) -> dict[str, Any]:
         start_epoch = int(ctx.last_checkpoint["epoch"])
         ctx.progress({"phase": "resumed", "from_epoch": start_epoch}, force=True)
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    pre = (rec.onnx or {}).get("preprocessing")
+    pre = rec.onnx.preprocessing if rec.onnx else None
 
     def progress(p: dict[str, Any]) -> None:
         ctx.progress(p, force=p.get("phase") == "epoch")
@@ -146,25 +147,25 @@ def run_train_job(ctx: JobContext) -> dict[str, Any]:
     if not ctx.register:  # an evolution trial: only its fitness matters
         return metrics
     weights = ctx.blobs.put_bytes(result.state_dict)
-    arch = (rec.onnx or {}).get("torch_arch") or rec.preset or rec.arch
+    arch = (rec.onnx.torch_arch if rec.onnx else None) or rec.preset or rec.arch
     new_id = trained_model_id(ctx.job_id)  # stable: a retried registration hits the same stream
-    fields = {
-        "name": f"{rec.name}-ft-{ctx.job_id[:8]}",
-        "task": rec.task,
-        "source_format": "state_dict",
-        "source_sha256": weights.sha256,
-        "source_bytes": weights.bytes,
-        "arch": arch,
-        "num_classes": len(info.classes),
-        "image_size": rec.image_size or (pre or {}).get("image_size", [None])[0],
-        "labels": list(info.classes),
-        "parent_model_id": rec.id,
-        "dataset_id": ds.id,
-        "hyperparameters": dict(job.hyperparameters),
-        "model_id": new_id,
-    }
+    command = RegisterModel(
+        model_id=new_id,
+        name=f"{rec.name}-ft-{ctx.job_id[:8]}",
+        task=rec.task,
+        source_format="state_dict",
+        source_sha256=weights.sha256,
+        source_bytes=weights.bytes,
+        arch=arch,
+        num_classes=len(info.classes),
+        image_size=rec.image_size or (pre.image_size[0] if pre else None),
+        labels=list(info.classes),
+        parent_model_id=rec.id,
+        dataset_id=ds.id,
+        hyperparameters=dict(job.hyperparameters),
+    )
     try:
-        new = registry.register_sync(dict(fields), ctx.job_id)
+        new = registry.register_sync(command, ctx.job_id)
     except CvopsError as exc:  # already registered by an earlier attempt
         log.info("trained model registration: %s", exc)
         new = registry.get_sync(new_id)

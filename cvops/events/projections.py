@@ -106,6 +106,47 @@ def apply_users(state: UsersState, env: s.Envelope) -> UsersState:
 # ------------------------------------------------------------------------------------------- models
 
 
+class OnnxInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """A ready model's ONNX form and the torch form beside it, as the record shows them: composed of
+    the :class:`~cvops.events.schema.ModelConverted` event's own Structs (tensor specs, preprocessing);
+    the names are the record's (``sha256``, not the event's ``onnx_sha256``)."""
+
+    sha256: str
+    bytes: int
+    opset: int
+    inputs: list[s.TensorSpec]
+    outputs: list[s.TensorSpec]
+    parameter_count: int
+    preprocessing: s.Preprocessing
+    torch_sha256: str = ""  # "" = no torch form (e.g. an ONNX upload)
+    torch_format: str = ""
+    torch_arch: str | None = None
+
+    @classmethod
+    def of(cls, ev: s.ModelConverted) -> OnnxInfo:
+        # an older version kept a TorchScript upload as the torch form: that is code, never loaded
+        script = ev.torch_format == "torchscript"
+        return cls(
+            sha256=ev.onnx_sha256,
+            bytes=ev.onnx_bytes,
+            opset=ev.opset,
+            inputs=ev.inputs,
+            outputs=ev.outputs,
+            parameter_count=ev.parameter_count,
+            preprocessing=ev.preprocessing,
+            torch_sha256="" if script else ev.torch_sha256,
+            torch_format="" if script else ev.torch_format,
+            torch_arch=ev.arch,
+        )
+
+
+class PretrainedWeights(msgspec.Struct, frozen=True, kw_only=True):
+    """The published weights file a pretrained preset was built from, and its sha256 as read."""
+
+    file: str
+    sha256: str
+
+
 class ModelRecord(msgspec.Struct, kw_only=True):
     id: str
     name: str
@@ -124,10 +165,9 @@ class ModelRecord(msgspec.Struct, kw_only=True):
     dataset_id: str | None = None
     hyperparameters: dict[str, Any] = msgspec.field(default_factory=dict)
     pretrained: bool = False
-    pretrained_weights: dict[str, str] | None = None  # {"file", "sha256"}
-    # sha256, bytes, opset, inputs, outputs, parameter_count, preprocessing
-    onnx: dict[str, Any] | None = None
-    parity: dict[str, Any] | None = None
+    pretrained_weights: PretrainedWeights | None = None
+    onnx: OnnxInfo | None = None  # set by ModelConverted
+    parity: s.Parity | None = None  # the ModelConverted event's own Parity
     error: str | None = None
     error_details: dict[str, Any] = msgspec.field(default_factory=dict)
     attempts: int = 0
@@ -184,22 +224,10 @@ def apply_models(state: ModelsState, env: s.Envelope) -> ModelsState:
             m.error_details = {}
         case s.ModelConverted():
             m.status = "ready"
-            m.onnx = {
-                "sha256": ev.onnx_sha256,
-                "bytes": ev.onnx_bytes,
-                "opset": ev.opset,
-                "inputs": msgspec.to_builtins(ev.inputs),
-                "outputs": msgspec.to_builtins(ev.outputs),
-                "parameter_count": ev.parameter_count,
-                "preprocessing": msgspec.to_builtins(ev.preprocessing),
-                # an older version kept a TorchScript upload as the torch form: that is code, never loaded
-                "torch_sha256": "" if ev.torch_format == "torchscript" else ev.torch_sha256,
-                "torch_format": "" if ev.torch_format == "torchscript" else ev.torch_format,
-                "torch_arch": ev.arch,
-            }
-            m.parity = msgspec.to_builtins(ev.parity)
+            m.onnx = OnnxInfo.of(ev)
+            m.parity = ev.parity
             if ev.pretrained_sha256:
-                m.pretrained_weights = {"file": ev.pretrained_file, "sha256": ev.pretrained_sha256}
+                m.pretrained_weights = PretrainedWeights(file=ev.pretrained_file, sha256=ev.pretrained_sha256)
             if ev.labels:
                 m.labels = list(ev.labels)
             m.error = None

@@ -92,7 +92,11 @@ class Parity(msgspec.Struct, frozen=True, kw_only=True):
     passed: bool
 
 
-class ModelUploaded(Event, frozen=True):
+class ModelSource(msgspec.Struct, frozen=True, kw_only=True):
+    """Where a model comes from, declared once: :class:`ModelUploaded` is exactly these fields (plus its
+    tag), and the ``RegisterModel`` command (:mod:`cvops.events.commands`) is these with a model id that
+    may be left for the registry to draw."""
+
     model_id: str
     name: str
     task: str  # classification | detection
@@ -111,12 +115,20 @@ class ModelUploaded(Event, frozen=True):
     pretrained: bool = False  # a preset with its published weights
 
 
+class ModelUploaded(Event, ModelSource, frozen=True):
+    """A model was registered: an upload, a preset or a training result (the fields: :class:`ModelSource`)."""
+
+
 class ModelConversionStarted(Event, frozen=True):
     model_id: str
     attempt: int = 1
 
 
-class ModelConverted(Event, frozen=True):
+class ConvertedForm(msgspec.Struct, frozen=True, kw_only=True):
+    """What a conversion wrote and checked, declared once: :class:`ModelConverted` is exactly these
+    fields (plus its tag), and the conversion pipeline's ``ConversionResult`` is these plus its
+    diagnostics (:mod:`cvops.ml.converted`)."""
+
     model_id: str
     onnx_sha256: str
     onnx_bytes: int
@@ -134,6 +146,10 @@ class ModelConverted(Event, frozen=True):
     # the published weights file a pretrained preset was built from, and its sha256 as read
     pretrained_file: str = ""
     pretrained_sha256: str = ""
+
+
+class ModelConverted(Event, ConvertedForm, frozen=True):
+    """A model's ONNX form is written and passed its parity check (the fields: :class:`ConvertedForm`)."""
 
 
 class ModelRejected(Event, frozen=True):
@@ -157,13 +173,20 @@ class UploadRejected(Event, frozen=True):
 # ----------------------------------------------------------------------------------------- datasets
 
 
-class DatasetUploaded(Event, frozen=True):
+class DatasetSource(msgspec.Struct, frozen=True, kw_only=True):
+    """An uploaded dataset zip, declared once: :class:`DatasetUploaded` is exactly these fields (plus its
+    tag), and the ``RegisterDataset`` command (:mod:`cvops.events.commands`) is these without an id yet."""
+
     dataset_id: str
     name: str
     task: str
     format: str  # imagefolder | yolo
     sha256: str
     bytes: int
+
+
+class DatasetUploaded(Event, DatasetSource, frozen=True):
+    """A dataset zip was stored (the fields: :class:`DatasetSource`)."""
 
 
 class DatasetValidated(Event, frozen=True):

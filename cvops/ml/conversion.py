@@ -2,9 +2,8 @@
 state_dict) to a verified ONNX file and the torch form cvops writes itself, under a memory cap.
 
 :func:`run_conversion` is what the ModelRegistry's conversion task runs (in its own worker process:
-``max_calls=1``); it takes a typed :class:`ConversionRequest` (the fields of the model record it needs)
-and returns a typed :class:`ConvertedModel` (both in the torch-free :mod:`cvops.ml.converted`), which :meth:`ConvertedModel.to_event` turns into the
-``ModelConverted`` event.  The memory cap is ``RLIMIT_DATA`` (heap and anonymous mappings; ``RLIMIT_AS``
+``max_calls=1``); it takes a typed :class:`ConversionRequest` (the fields of the model record it needs,
+in the torch-free :mod:`cvops.ml.converted`) and returns the ``ModelConverted`` event the registry appends.  The memory cap is ``RLIMIT_DATA`` (heap and anonymous mappings; ``RLIMIT_AS``
 would also count the huge virtual reservations of torch's libraries) and lasts for the whole process:
 ONLY call this in a child process — a Ray task or a spawned worker — never in the gateway or an actor.
 Running out of memory raises :class:`ValidationFailed` ("conversion exceeded its memory limit").
@@ -23,7 +22,8 @@ import msgspec
 
 from cvops.blobs import BlobStore
 from cvops.errors import ValidationFailed
-from cvops.ml.converted import ConversionRequest, ConvertedModel
+from cvops.events.schema import ModelConverted
+from cvops.ml.converted import ConversionRequest
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ def run_conversion(
     memory_limit_bytes: int | None,
     weights_path: Path | None = None,
     threads: int = 2,
-) -> ConvertedModel:
+) -> ModelConverted:
     """Cap this process' memory, set torch to ``threads`` threads, convert, and put the ONNX file and
     the torch form into ``blobs``."""
     import torch
@@ -96,7 +96,7 @@ def _is_preset(req: ConversionRequest) -> bool:
 
 def _convert_preset(
     req: ConversionRequest, blobs: BlobStore, out: Path, weights_path: Path | None
-) -> ConvertedModel:
+) -> ModelConverted:
     """A preset (or a state_dict of one): built, loaded, and its torch form re-saved by cvops."""
     import torch
 
@@ -143,18 +143,12 @@ def _convert_preset(
         preprocessing=built.preprocessing,
         labels=built.labels,
     )
-    return ConvertedModel(
-        result=result,
-        onnx_sha256="",
-        onnx_bytes=0,
-        torch_sha256=torch_sha,
-        torch_format="state_dict",
-        arch=built.name,
-        **extra,
+    return result.to_event(
+        req.model_id, "", 0, torch_sha256=torch_sha, torch_format="state_dict", arch=built.name, **extra
     )
 
 
-def _convert_upload(req: ConversionRequest, blobs: BlobStore, out: Path, torch_out: Path) -> ConvertedModel:
+def _convert_upload(req: ConversionRequest, blobs: BlobStore, out: Path, torch_out: Path) -> ModelConverted:
     """Any other upload format, through :func:`cvops.ml.convert.convert`."""
     from cvops.ml import convert
 
@@ -169,15 +163,5 @@ def _convert_upload(req: ConversionRequest, blobs: BlobStore, out: Path, torch_o
         out_path=out,
         torch_out=torch_out,
     )
-    torch_sha, torch_format, arch = "", "", req.arch
-    if result.torch_format:
-        torch_sha = blobs.put_file(torch_out).sha256
-        torch_format, arch = result.torch_format, result.torch_arch or arch
-    return ConvertedModel(
-        result=result,
-        onnx_sha256="",
-        onnx_bytes=0,
-        torch_sha256=torch_sha,
-        torch_format=torch_format,
-        arch=arch,
-    )
+    torch_sha = blobs.put_file(torch_out).sha256 if result.torch_format else ""
+    return result.to_event(req.model_id, "", 0, torch_sha256=torch_sha, arch=result.arch or req.arch)

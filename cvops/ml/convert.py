@@ -500,7 +500,7 @@ def convert(
     if torch_out is None:
         return result
     torch_format, torch_arch = formats.save_torch_form(loaded, torch_out)
-    return msgspec.structs.replace(result, torch_format=torch_format, torch_arch=torch_arch)
+    return msgspec.structs.replace(result, torch_format=torch_format, arch=torch_arch)
 
 
 # ------------------------------------------------------------------------------------ memory limited

@@ -1,22 +1,24 @@
 """The typed records of a conversion, torch-free (the registry actor and the gateway import them):
-what :func:`cvops.ml.convert.convert` checked (:class:`ConversionResult`), what the pipeline is asked to
-convert (:class:`ConversionRequest`) and what it wrote (:class:`ConvertedModel`)."""
+what :func:`cvops.ml.convert.convert` checked (:class:`ConversionResult`) and what the pipeline is asked
+to convert (:class:`ConversionRequest`).  The pipeline's answer is the ``ModelConverted`` event itself;
+its fields are declared once, in :class:`~cvops.events.schema.ConvertedForm`."""
 
 from __future__ import annotations
 
 import msgspec
 
-from cvops.events.schema import ModelConverted, Parity, Preprocessing, TensorSpec
+from cvops.events.schema import ConvertedForm, ModelConverted
 
 
-class ConversionResult(msgspec.Struct, frozen=True, kw_only=True):
-    opset: int
-    inputs: list[TensorSpec]
-    outputs: list[TensorSpec]
-    parameter_count: int
-    preprocessing: Preprocessing
-    parity: Parity
-    labels: list[str] = []
+class ConversionResult(ConvertedForm, frozen=True, kw_only=True):
+    """The fields of ``ModelConverted`` as the check saw them (the model id and the ONNX blob are not
+    known yet: :meth:`to_event` adds them), plus diagnostics that are not part of the event.  ``arch`` and
+    ``torch_format`` name the torch form cvops wrote from the verified upload (``torch_out`` of
+    :func:`~cvops.ml.convert.convert`), if any."""
+
+    model_id: str = ""
+    onnx_sha256: str = ""
+    onnx_bytes: int = 0
     # diagnostics (not part of the event)
     source_format: str = ""
     exporter: str = ""
@@ -24,23 +26,13 @@ class ConversionResult(msgspec.Struct, frozen=True, kw_only=True):
     num_classes: int = 0
     max_rel_diff: float = 0.0
     seconds: float = 0.0
-    # the torch form cvops wrote from the verified upload (``torch_out`` of :func:`convert`), if any
-    torch_format: str = ""
-    torch_arch: str | None = None
 
-    def to_event(self, model_id: str, onnx_sha256: str, onnx_bytes: int) -> ModelConverted:
-        return ModelConverted(
-            model_id=model_id,
-            onnx_sha256=onnx_sha256,
-            onnx_bytes=onnx_bytes,
-            opset=self.opset,
-            inputs=self.inputs,
-            outputs=self.outputs,
-            parameter_count=self.parameter_count,
-            preprocessing=self.preprocessing,
-            parity=self.parity,
-            labels=self.labels,
-        )
+    def to_event(self, model_id: str, onnx_sha256: str, onnx_bytes: int, **extra: object) -> ModelConverted:
+        """The event: this result's :class:`ConvertedForm` fields with the model id and the ONNX blob
+        (``extra`` overrides other fields, e.g. the torch form's sha256)."""
+        fields = {f: getattr(self, f) for f in ConvertedForm.__struct_fields__}
+        fields.update(model_id=model_id, onnx_sha256=onnx_sha256, onnx_bytes=onnx_bytes, **extra)
+        return ModelConverted(**fields)
 
 
 class ConversionRequest(msgspec.Struct, frozen=True, kw_only=True):
@@ -48,6 +40,7 @@ class ConversionRequest(msgspec.Struct, frozen=True, kw_only=True):
 
     source_format: str
     task: str
+    model_id: str = ""
     source_sha256: str = ""
     arch: str | None = None
     preset: str | None = None
@@ -56,26 +49,3 @@ class ConversionRequest(msgspec.Struct, frozen=True, kw_only=True):
     input_shape: list[int] | None = None
     labels: list[str] = []
     pretrained: bool = False
-
-
-class ConvertedModel(msgspec.Struct, frozen=True, kw_only=True):
-    """What a conversion wrote: the ONNX blob, the torch form (if any), and the checked conversion."""
-
-    result: ConversionResult
-    onnx_sha256: str
-    onnx_bytes: int
-    torch_sha256: str = ""
-    torch_format: str = ""
-    arch: str | None = None
-    pretrained_file: str = ""
-    pretrained_sha256: str = ""
-
-    def to_event(self, model_id: str) -> ModelConverted:
-        return msgspec.structs.replace(
-            self.result.to_event(model_id, self.onnx_sha256, self.onnx_bytes),
-            torch_sha256=self.torch_sha256,
-            torch_format=self.torch_format,
-            arch=self.arch,
-            pretrained_file=self.pretrained_file,
-            pretrained_sha256=self.pretrained_sha256,
-        )

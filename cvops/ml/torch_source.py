@@ -21,13 +21,12 @@ def build_torch_source(rec: ModelRecord, blobs: BlobStore) -> Any:
 
     from cvops.ml import presets
 
-    onnx = rec.onnx or {}
-    fmt = onnx.get("torch_format") or ""
-    sha = onnx.get("torch_sha256") or ""
-    if not fmt or not sha or fmt not in ("state_dict", "torch_export"):
+    onnx = rec.onnx
+    if onnx is None or not onnx.torch_sha256 or onnx.torch_format not in ("state_dict", "torch_export"):
         return None
-    path = blobs.path(sha)
-    arch = onnx.get("torch_arch") or rec.arch or rec.preset
+    fmt = onnx.torch_format
+    path = blobs.path(onnx.torch_sha256)
+    arch = onnx.torch_arch or rec.arch or rec.preset
     if fmt == "state_dict" and arch in presets.PRESETS:
         state = torch.load(path, weights_only=True, map_location="cpu")
         return presets.build_preset(

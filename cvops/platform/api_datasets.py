@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import msgspec
 from aiohttp import web
 
 from cvops.blobs import BlobStore
 from cvops.errors import ValidationFailed
+from cvops.events.commands import RegisterDataset
+from cvops.events.projections import DatasetRecord
 from cvops.platform.bodies import json_response
 from cvops.platform.keys import SERVICES
 from cvops.platform.routes import STAFF, Route
@@ -23,20 +25,14 @@ from cvops.platform.uploads import (
 
 if TYPE_CHECKING:
     from cvops.actors.registry import Registry
-    from cvops.events.projections import DatasetRecord
 
 ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
 
 
-class DatasetOut(msgspec.Struct):
-    id: str
-    name: str
-    task: str
-    status: str
-
-
 class DatasetList(msgspec.Struct):
-    datasets: list[dict[str, Any]]
+    """``GET /datasets``: the records themselves (what OpenAPI declares is what is encoded)."""
+
+    datasets: list[DatasetRecord]
 
 
 async def _accept_dataset(registry: Registry, up: Upload, blobs: BlobStore, user: str) -> DatasetRecord:
@@ -49,8 +45,8 @@ async def _accept_dataset(registry: Registry, up: Upload, blobs: BlobStore, user
         head = fh.read(4)
     if head not in ZIP_MAGIC:
         raise ValidationFailed("dataset must be a zip archive", {"field": "file"})
-    fields = {"name": name, "task": task, "format": fmt, "sha256": up.blob.sha256, "bytes": up.blob.bytes}
-    return await registry.register_dataset(fields, user)
+    command = RegisterDataset(name=name, task=task, format=fmt, sha256=up.blob.sha256, bytes=up.blob.bytes)
+    return await registry.register_dataset(command, user)
 
 
 DATASET = UploadKind(
@@ -67,8 +63,7 @@ async def upload_dataset(request: web.Request) -> web.StreamResponse:
 
 
 async def list_datasets(request: web.Request) -> web.StreamResponse:
-    # the DatasetList shape (what OpenAPI declares), its items the records themselves
-    return json_response({"datasets": await request.app[SERVICES].need_registry().list_datasets()})
+    return json_response(DatasetList(datasets=await request.app[SERVICES].need_registry().list_datasets()))
 
 
 async def get_dataset(request: web.Request) -> web.StreamResponse:
@@ -83,13 +78,19 @@ ROUTES = [
         STAFF,
         "Upload a dataset zip (multipart: file, task, format imagefolder|yolo, name); ?wait=true waits for validation",
         body="multipart-dataset",
-        response=DatasetOut,
+        response=DatasetRecord,
         status=202,
         query={"wait": "boolean"},
         tag="datasets",
     ),
     Route("GET", "/datasets", list_datasets, STAFF, "List datasets", response=DatasetList, tag="datasets"),
     Route(
-        "GET", "/datasets/{id}", get_dataset, STAFF, "One dataset record", response=DatasetOut, tag="datasets"
+        "GET",
+        "/datasets/{id}",
+        get_dataset,
+        STAFF,
+        "One dataset record",
+        response=DatasetRecord,
+        tag="datasets",
     ),
 ]

@@ -14,6 +14,7 @@ from cvops.platform.context import principal, query_int
 from cvops.platform.keys import METRICS, SERVICES, SETTINGS
 from cvops.platform.routes import ADMIN, EVERY_ROLE, STAFF, Route
 from cvops.serving import Admission, BatchingRouter
+from cvops.views import DeploymentView
 
 IMAGE_TYPES = ("image/jpeg", "image/png")
 VIDEO_TYPES = ("video/mp4",)
@@ -29,16 +30,10 @@ class DeploymentRequest(msgspec.Struct, forbid_unknown_fields=True):
     max_wait_ms: float | None = None  # default 5
 
 
-class DeploymentOut(msgspec.Struct):
-    id: str
-    model_id: str
-    engine: str
-    workers: int
-    status: str
-
-
 class DeploymentList(msgspec.Struct):
-    deployments: list[dict[str, Any]]
+    """``GET /deployments``: the views themselves (what OpenAPI declares is what is encoded)."""
+
+    deployments: list[DeploymentView]
 
 
 class Prediction(msgspec.Struct):
@@ -76,8 +71,7 @@ async def create_deployment(request: web.Request) -> web.StreamResponse:
 
 async def list_deployments(request: web.Request) -> web.StreamResponse:
     return json_response(
-        # the DeploymentList shape (what OpenAPI declares), its items the views themselves
-        {"deployments": await request.app[SERVICES].need_pool().list_deployments()}
+        DeploymentList(deployments=await request.app[SERVICES].need_pool().list_deployments())
     )
 
 
@@ -155,7 +149,7 @@ ROUTES = [
         ADMIN,
         "Deploy a ready model on an engine ('auto' = the engine its latest benchmark selected)",
         body=DeploymentRequest,
-        response=DeploymentOut,
+        response=DeploymentView,
         status=201,
         tag="deployments",
     ),
@@ -174,7 +168,7 @@ ROUTES = [
         get_deployment,
         STAFF,
         "One deployment with its router stats",
-        response=DeploymentOut,
+        response=DeploymentView,
         tag="deployments",
     ),
     Route(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import msgspec
 from aiohttp import web
@@ -13,13 +13,14 @@ from cvops.errors import (
     TooManyRequests,
     UnsupportedMediaType,
 )
-from cvops.events.scheduling import JobRecord, job_view
+from cvops.events.scheduling import JobRecord
 from cvops.jobs_api import decode_job_request, job_spec
 from cvops.ml.hyperparameters import is_default
 from cvops.platform.bodies import json_response, read_body
 from cvops.platform.context import principal
 from cvops.platform.keys import SERVICES, SETTINGS
 from cvops.platform.routes import STAFF, Route
+from cvops.views import JobView, job_view
 
 if TYPE_CHECKING:
     from cvops.actors.scheduler_client import SchedulerClient
@@ -28,18 +29,10 @@ if TYPE_CHECKING:
 SUBMIT_LOCKS: web.AppKey[dict[str, asyncio.Lock]] = web.AppKey("cvops.job_submit_locks")
 
 
-class JobOut(msgspec.Struct):
-    id: str
-    kind: str
-    status: str
-    spec: dict[str, Any] = {}
-    progress: dict[str, Any] = {}
-    result: dict[str, Any] | None = None
-    error: str | None = None
-
-
 class JobList(msgspec.Struct):
-    jobs: list[dict[str, Any]]
+    """``GET /jobs``: the job views themselves (what OpenAPI declares is what is encoded)."""
+
+    jobs: list[JobView]
 
 
 async def _body(request: web.Request) -> bytes:
@@ -140,7 +133,7 @@ ROUTES = [
         STAFF,
         "Submit a job {kind: train|evolve|benchmark}; evolve and benchmark are admin-only, engineers train with defaults only",
         body=dict,
-        response=JobOut,
+        response=JobView,
         status=202,
         tag="jobs",
     ),
@@ -154,14 +147,14 @@ ROUTES = [
         query={"kind": "string", "status": "string"},
         tag="jobs",
     ),
-    Route("GET", "/jobs/{id}", get_job, STAFF, "One job", response=JobOut, tag="jobs"),
+    Route("GET", "/jobs/{id}", get_job, STAFF, "One job", response=JobView, tag="jobs"),
     Route(
         "POST",
         "/jobs/{id}/cancel",
         cancel_job,
         STAFF,
         "Cancel a job (admins: any job; engineers: the train jobs they submitted)",
-        response=JobOut,
+        response=JobView,
         status=202,
         tag="jobs",
     ),

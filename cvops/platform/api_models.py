@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import msgspec
 from aiohttp import web
 
 from cvops.blobs import BlobStore
 from cvops.errors import NotFound, ValidationFailed
+from cvops.events.commands import RegisterModel
+from cvops.events.projections import ModelRecord
 from cvops.ml.sniff import detect_format
 from cvops.ml.spec import PRESET_NAMES, SPECS, TASKS, check_published
 from cvops.platform.bodies import json_response, read_json
@@ -28,7 +30,6 @@ from cvops.platform.uploads import (
 
 if TYPE_CHECKING:
     from cvops.actors.registry import Registry
-    from cvops.events.projections import ModelRecord
 
 
 class PresetRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -40,18 +41,10 @@ class PresetRequest(msgspec.Struct, forbid_unknown_fields=True):
     pretrained: bool = False  # the publisher's weights, from the weights cache (CVOPS_WEIGHTS_CACHE)
 
 
-class ModelOut(msgspec.Struct):
-    id: str
-    name: str
-    task: str
-    status: str
-    onnx: dict[str, Any] | None = None
-    parity: dict[str, Any] | None = None
-    error: str | None = None
-
-
 class ModelList(msgspec.Struct):
-    models: list[dict[str, Any]]
+    """``GET /models``: the records themselves (what OpenAPI declares is what is encoded)."""
+
+    models: list[ModelRecord]
 
 
 def _blobs(request: web.Request) -> BlobStore:
@@ -106,18 +99,18 @@ async def _accept_model(registry: Registry, up: Upload, blobs: BlobStore, user: 
     path = blobs.path(up.blob.sha256)
     fmt = await asyncio.get_running_loop().run_in_executor(None, detect_format, path, up.filename)
     labels = parse_labels(up.fields.get("labels"))
-    fields: dict[str, Any] = {
-        "name": name,
-        "task": task,
-        "source_format": fmt,
-        "source_sha256": up.blob.sha256,
-        "source_bytes": up.blob.bytes,
-        "input_shape": parse_input_shape(up.fields.get("input_shape")),
-        "labels": labels,
-        "arch": up.fields.get("arch") or None,
-        "num_classes": len(labels) or None,
-    }
-    return await registry.register(fields, user)
+    command = RegisterModel(
+        name=name,
+        task=task,
+        source_format=fmt,
+        source_sha256=up.blob.sha256,
+        source_bytes=up.blob.bytes,
+        input_shape=parse_input_shape(up.fields.get("input_shape")),
+        labels=labels,
+        arch=up.fields.get("arch") or None,
+        num_classes=len(labels) or None,
+    )
+    return await registry.register(command, user)
 
 
 MODEL = UploadKind(
@@ -155,27 +148,24 @@ async def create_preset(request: web.Request) -> web.StreamResponse:
         raise ValidationFailed("labels must have num_classes entries", {"field": "labels"})
     name = body.name or body.preset
     check_name(name)
-    fields = {
-        "name": name,
-        "task": spec.task,
-        "source_format": "preset",
-        "source_sha256": "",
-        "source_bytes": 0,
-        "preset": body.preset,
-        "num_classes": body.num_classes or (len(body.labels) if body.labels else None),
-        "image_size": body.image_size,
-        "labels": body.labels or [],
-        "pretrained": body.pretrained,
-    }
+    command = RegisterModel(
+        name=name,
+        task=spec.task,
+        source_format="preset",
+        preset=body.preset,
+        num_classes=body.num_classes or (len(body.labels) if body.labels else None),
+        image_size=body.image_size,
+        labels=body.labels or [],
+        pretrained=body.pretrained,
+    )
     if body.pretrained:
         check_published(body.preset)  # 422 now for a preset without published weights
-    record = await request.app[SERVICES].need_registry().register(fields, principal(request).username)
+    record = await request.app[SERVICES].need_registry().register(command, principal(request).username)
     return await reply_record(request, MODEL, record)
 
 
 async def list_models(request: web.Request) -> web.StreamResponse:
-    # the ModelList shape (what OpenAPI declares), its items the records themselves
-    return json_response({"models": await request.app[SERVICES].need_registry().list_models()})
+    return json_response(ModelList(models=await request.app[SERVICES].need_registry().list_models()))
 
 
 async def get_model(request: web.Request) -> web.StreamResponse:
@@ -186,7 +176,7 @@ async def get_onnx(request: web.Request) -> web.StreamResponse:
     rec = await request.app[SERVICES].need_registry().get(request.match_info["id"])
     if rec.status != "ready" or not rec.onnx:
         raise NotFound(f"model {rec.id} has no ONNX form yet (status {rec.status})", {"model_id": rec.id})
-    path = _blobs(request).path(rec.onnx["sha256"])
+    path = _blobs(request).path(rec.onnx.sha256)
     return web.FileResponse(
         path,
         headers={
@@ -209,7 +199,7 @@ ROUTES = [
         STAFF,
         "Upload a model (multipart: file, name, task, optional input_shape, labels, arch); ?wait=true waits for conversion",
         body="multipart-model",
-        response=ModelOut,
+        response=ModelRecord,
         status=202,
         query={"wait": "boolean"},
         tag="models",
@@ -221,13 +211,13 @@ ROUTES = [
         STAFF,
         "Build a preset (resnet50, efficientnet_b0, yolov8n, resnet18, mobilenet_v3_small, tiny_cnn)",
         body=PresetRequest,
-        response=ModelOut,
+        response=ModelRecord,
         status=202,
         query={"wait": "boolean"},
         tag="models",
     ),
     Route("GET", "/models", list_models, STAFF, "List models", response=ModelList, tag="models"),
-    Route("GET", "/models/{id}", get_model, STAFF, "One model record", response=ModelOut, tag="models"),
+    Route("GET", "/models/{id}", get_model, STAFF, "One model record", response=ModelRecord, tag="models"),
     Route(
         "GET", "/models/{id}/onnx", get_onnx, STAFF, "Download the ONNX form", response="binary", tag="models"
     ),

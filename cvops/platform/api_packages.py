@@ -85,23 +85,25 @@ def _build(
     try:
         meta = {
             "engine": engine,
-            "model": {
-                k: getattr(model, k)
-                for k in (
-                    "id",
-                    "name",
-                    "task",
-                    "labels",
-                    "onnx",
-                    "parity",
-                    "parent_model_id",
-                    "dataset_id",
-                    "hyperparameters",
-                    "preset",
-                    "arch",
-                    "num_classes",
-                )
-            },
+            "model": msgspec.to_builtins(
+                {
+                    k: getattr(model, k)
+                    for k in (
+                        "id",
+                        "name",
+                        "task",
+                        "labels",
+                        "onnx",
+                        "parity",
+                        "parent_model_id",
+                        "dataset_id",
+                        "hyperparameters",
+                        "preset",
+                        "arch",
+                        "num_classes",
+                    )
+                }
+            ),
         }
         manifest = build_package(tmp, files, meta, key)
         return blobs.put_file(tmp), manifest

@@ -219,7 +219,9 @@ def test_ultralytics_checkpoint_is_read_through_the_allow_list(yolo_ckpt: Path, 
         yolo_ckpt, formats.ULTRALYTICS, task="detection", out_path=out, torch_out=tmp_path / "y.pt"
     )
     assert res.parity.passed and out.exists()
-    assert res.torch_format == "state_dict" and res.torch_arch == "yolov8n"
+    assert (
+        res.torch_format == "state_dict" and res.arch == "yolov8n"
+    )  # the torch form's arch (ModelConverted.arch)
     state = torch.load(tmp_path / "y.pt", weights_only=True)  # plain tensors: no allow-list needed
     assert all(isinstance(v, torch.Tensor) for v in state.values())
 

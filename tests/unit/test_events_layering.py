@@ -8,7 +8,17 @@ from pathlib import Path
 import cvops.events
 
 EVENTS = Path(cvops.events.__file__).parent
-DOMAIN = ["schema", "projections", "scheduling", "store", "projection", "verify", "memory", "job_facts"]
+DOMAIN = [
+    "schema",
+    "projections",
+    "scheduling",
+    "store",
+    "projection",
+    "verify",
+    "memory",
+    "job_facts",
+    "commands",
+]
 PERSISTENCE = ["log", "sqlite_reader"]
 FORBIDDEN = {"sqlite3", "aiosqlite", "threading", "fcntl", "ray"}
 

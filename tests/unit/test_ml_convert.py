@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from cvops.errors import ValidationFailed
-from cvops.events.schema import ModelConverted, decode_event, encode_event, type_of
+from cvops.events.schema import ConvertedForm, ModelConverted, decode_event, encode_event, type_of
 from cvops.ml.conversion import run_conversion
 from cvops.ml.convert import (
     ATOL,
@@ -126,6 +126,11 @@ def test_labels_and_event(tmp_path: Path) -> None:
     assert isinstance(ev, ModelConverted) and ev.labels == ["cat", "dog"] and ev.parity == res.parity
     assert decode_event(type_of(ev), encode_event(ev)) == ev
     assert msgspec.json.decode(msgspec.json.encode(res), type=ConversionResult) == res
+    # the event's fields are the result's (declared once, in ConvertedForm), model id and blob added
+    for name in ConvertedForm.__struct_fields__:
+        if name not in ("model_id", "onnx_sha256", "onnx_bytes"):
+            assert getattr(ev, name) == getattr(res, name), name
+    assert (ev.model_id, ev.onnx_sha256, ev.onnx_bytes) == ("m-1", "a" * 64, 1234)
 
 
 def test_presets_are_seeded_and_leave_the_global_rng_alone() -> None:
@@ -246,12 +251,22 @@ def _child_convert(extra_bytes: int | None, root: str, image_size: int) -> Any:
         limit = vmdata + extra_bytes
     try:
         req = ConversionRequest(
-            source_format="preset", task="classification", preset="tiny_cnn", image_size=image_size
+            source_format="preset",
+            task="classification",
+            preset="tiny_cnn",
+            image_size=image_size,
+            model_id="m1",
         )
         res = run_conversion(req, BlobStore(root), memory_limit_bytes=limit, threads=1)
     except ValidationFailed as exc:
         return ("error", exc.message)
-    return ("ok", res.result.parity.passed and BlobStore(root).exists(res.onnx_sha256))
+    # the pipeline's answer is the event itself, for the requested model, naming the blobs it wrote
+    blobs = BlobStore(root)
+    ok = isinstance(res, ModelConverted) and res.model_id == "m1" and res.torch_format == "state_dict"
+    return (
+        "ok",
+        ok and res.parity.passed and blobs.exists(res.onnx_sha256) and blobs.exists(res.torch_sha256),
+    )
 
 
 def test_run_conversion_in_a_memory_capped_child(tmp_path: Path) -> None:

@@ -14,7 +14,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from cvops.errors import ValidationFailed
-from cvops.events.projections import ModelRecord
+from cvops.events.projections import ModelRecord, OnnxInfo
+from cvops.events.schema import Preprocessing
 from cvops.packaging import ROOT, build_package, package_files, verify_package
 
 KEY = Ed25519PrivateKey.generate()
@@ -99,9 +100,16 @@ def test_tampering_is_caught(tmp_path: Path) -> None:
 
 
 def test_package_files_rules(tmp_path: Path) -> None:
-    model = ModelRecord(
-        id="m", name="m", task="classification", status="ready", onnx={"sha256": "a" * 64, "torch_sha256": ""}
+    onnx = OnnxInfo(
+        sha256="a" * 64,
+        bytes=1,
+        opset=17,
+        inputs=[],
+        outputs=[],
+        parameter_count=1,
+        preprocessing=Preprocessing(),
     )
+    model = ModelRecord(id="m", name="m", task="classification", status="ready", onnx=onnx)
     assert set(package_files(model, "onnxruntime-cpu", lambda s: tmp_path / s)) == {"model.onnx"}
     with pytest.raises(ValidationFailed):
         package_files(model, "torch-cpu", lambda s: tmp_path / s)

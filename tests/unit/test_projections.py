@@ -169,10 +169,15 @@ def test_models_fold() -> None:
     state = p.fold(p.apply_models, p.ModelsState(), sample_log().envs)
     m1, m2 = state.models["m1"], state.models["m2"]
     assert m1.status == "ready" and m1.version == 3
-    assert m1.onnx is not None and m1.onnx["opset"] == 17 and m1.onnx["sha256"] == "f" * 64
-    assert m1.onnx["inputs"][0]["shape"] == ["batch", 3, 224, 224]
-    assert m1.onnx["preprocessing"]["layout"] == "NCHW"
-    assert m1.parity is not None and m1.parity["passed"] is True
+    assert m1.onnx is not None and m1.onnx.opset == 17 and m1.onnx.sha256 == "f" * 64
+    assert m1.onnx.inputs[0].shape == ["batch", 3, 224, 224]
+    assert m1.onnx.preprocessing.layout == "NCHW"
+    assert m1.parity is not None and m1.parity.passed is True
+    # the record composes the event's own Structs rather than copies of their fields
+    ev = converted("m1")
+    assert (
+        m1.parity == ev.parity and m1.onnx.preprocessing == ev.preprocessing and m1.onnx.inputs == ev.inputs
+    )
     assert m1.labels == ["a", "b"] and m1.hyperparameters == {"lr": 0.1}
     assert m1.attempts == 1 and m1.error is None
     assert m1.created_ts == 1006.0 and m1.updated_ts == 1008.0

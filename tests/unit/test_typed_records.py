@@ -12,7 +12,14 @@ import msgspec
 from cvops.actors import registry as reg
 from cvops.actors.inference import DeploymentView, InferencePool
 from cvops.config import Settings
-from cvops.events.projections import DatasetRecord, DeploymentRecord, ModelRecord
+from cvops.events.commands import (
+    RegisterDataset,
+    RegisterModel,
+    decode_register_dataset,
+    decode_register_model,
+)
+from cvops.events.projections import DatasetRecord, DeploymentRecord, ModelRecord, OnnxInfo
+from cvops.events.schema import Parity, Preprocessing, TensorSpec
 from cvops.serving import RouterStats
 
 MODEL = ModelRecord(
@@ -26,20 +33,28 @@ MODEL = ModelRecord(
     preset="resnet18",
     num_classes=2,
     hyperparameters={"lr": 0.001, "epochs": 3},
-    onnx={
-        "sha256": "a" * 64,
-        "bytes": 123,
-        "opset": 17,
-        "inputs": [{"name": "input", "shape": ["N", 3, 224, 224]}],
-        "preprocessing": {"image_size": [224, 224], "mean": [0.485, 0.456, 0.406]},
-        "torch_sha256": "b" * 64,
-    },
-    parity={"max_abs_diff": 1.5e-6, "ok": True},
+    onnx=OnnxInfo(
+        sha256="a" * 64,
+        bytes=123,
+        opset=17,
+        inputs=[TensorSpec(name="input", shape=["N", 3, 224, 224], dtype="float32")],
+        outputs=[TensorSpec(name="logits", shape=["N", 2], dtype="float32")],
+        parameter_count=10,
+        preprocessing=Preprocessing(image_size=[224, 224]),
+        torch_sha256="b" * 64,
+        torch_format="state_dict",
+        torch_arch="resnet18",
+    ),
+    parity=Parity(max_abs_diff=1.5e-6, top1_agreement=1.0, tolerance=1e-4, samples=4, passed=True),
     error_details={"k": [1, 2.5]},
     attempts=1,
     created_ts=1700000000.25,
     updated_ts=1700000001.0,
     version=3,
+)
+COMMAND = RegisterModel(name="x", task="classification", source_format="preset", preset="resnet18")
+DATASET_COMMAND = RegisterDataset(
+    name="pets", task="classification", format="imagefolder", sha256="c" * 64, bytes=4096
 )
 DATASET = DatasetRecord(
     id="d1",
@@ -97,15 +112,19 @@ def test_the_registry_facade_returns_structs() -> None:
     async def go() -> None:
         assert await facade.get("m1") == MODEL
         assert await facade.wait("m1", 1.0) == MODEL
-        assert await facade.register({"name": "x"}, "u") == MODEL
+        assert await facade.register(COMMAND, "u") == MODEL
         assert await facade.list_models() == [MODEL]
         assert await facade.get_dataset("d1") == DATASET
         assert await facade.wait_dataset("d1", 1.0) == DATASET
-        assert await facade.register_dataset({"name": "x"}, "u") == DATASET
+        assert await facade.register_dataset(DATASET_COMMAND, "u") == DATASET
         assert await facade.list_datasets() == [DATASET]
 
     asyncio.run(go())
     assert handle.wait.args == ("m1", 1.0)
+    wire, user = handle.register.args  # the command crosses as msgpack and decodes back typed
+    assert decode_register_model(wire) == COMMAND and user == "u"
+    wire, user = handle.register_dataset.args
+    assert decode_register_dataset(wire) == DATASET_COMMAND and user == "u"
 
 
 def _old_view(rec: DeploymentRecord, stats: RouterStats | None) -> bytes:
