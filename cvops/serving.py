@@ -698,16 +698,3 @@ class BatchingRouter(Generic[ItemT, ResultT]):
         if retry is not None:
             self._retries += 1
             self._start_batch(retry[0], retry[1], retried=True)
-
-
-#: A deployment's batching when its request names none and no benchmark chose a batch for its engine.
-CPU_MAX_BATCH, GPU_MAX_BATCH, DEFAULT_MAX_WAIT_MS = 8, 32, 5.0
-
-
-def default_max_batch(engine: str, selected_engine: str | None, selected_batch: int | None) -> int:
-    """``max_batch`` for a deployment that names none: the batch size the model's last benchmark
-    selected, when it selected this engine; else by the engine's device (measured: a GPU engine serves
-    more at 32 than at 8 — scripts/bench_gpu_serving.py — and a CPU engine gains nothing above 8)."""
-    if selected_batch and selected_engine == engine:
-        return max(1, min(256, selected_batch))
-    return GPU_MAX_BATCH if any(tag in engine for tag in ("cuda", "tensorrt")) else CPU_MAX_BATCH
