@@ -18,7 +18,7 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 
 from cvops.platform.report_links import LinkClaims, sign
-from tests.e2e.helpers import API, get_bytes, preset, shapes_zip, upload_dataset, wait_job
+from tests.e2e.helpers import API, get_bytes, preset, shapes_zip, upload_dataset, wait_job, wait_model
 from tests.e2e.server import Server, request
 
 HP = {
@@ -74,6 +74,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
             s, {"kind": "train", "model_id": model["id"], "dataset_id": ds["id"], "hyperparameters": HP}
         )
         s.trained = wait_job(server.url, admin, s.jobs["train"])["result"]["model_id"]
+        assert wait_model(server.url, admin, s.trained)["status"] == "ready"  # converts after the job ends
         s.jobs["benchmark"] = _submit(
             s, {"kind": "benchmark", "model_id": s.trained, "engines": ["onnxruntime-cpu", "torch-cpu"],
                 "batch_sizes": [1, 2], "warmup": 1, "iterations": 10},
