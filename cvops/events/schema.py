@@ -279,8 +279,13 @@ class TrialCompleted(Event, frozen=True):
     generation: int
     index: int
     genes: dict[str, Any]
-    fitness: float
+    fitness: float  # the trial's validation accuracy (0 when it failed)
     child_job_id: str = ""
+    # added with multi-objective evolutions; defaults keep older logs decoding (a trial then "finished")
+    state: str = "finished"  # finished | pruned | failed
+    values: dict[str, float] = {}  # objective -> value: accuracy, latency (p95 ms, batch 1), size (ONNX MB)
+    curve: list[float] = []  # validation accuracy after each epoch (what the median rule compares)
+    model_id: str = ""  # the trial's registered model ("" = none, or not yet)
 
 
 # -------------------------------------------------------------------------------------- deployments
