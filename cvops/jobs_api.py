@@ -56,9 +56,9 @@ class EvolveJob(_Job, frozen=True, tag="evolve"):
     search_space: Annotated[dict[str, Any], msgspec.Meta(max_length=32)] = {}
     # what the search optimises: validation accuracy (mAP50-95 for detection), and optionally the p95
     # latency at batch 1 on ``latency_engine`` and the ONNX size in MB (multi-objective: NSGA-II)
-    objectives: Annotated[list[Literal["accuracy", "latency", "size"]], msgspec.Meta(min_length=1, max_length=3)] = (
-        msgspec.field(default_factory=lambda: ["accuracy"])
-    )
+    objectives: Annotated[
+        list[Literal["accuracy", "latency", "size"]], msgspec.Meta(min_length=1, max_length=3)
+    ] = msgspec.field(default_factory=lambda: ["accuracy"])
     latency_engine: EngineName | None = None  # None: the machine's deployment engine
     prune: bool = True  # the median stopping rule on the trials' per-epoch accuracy
     wall_clock_s: Annotated[float, msgspec.Meta(gt=0, le=7 * 86400)] | None = None

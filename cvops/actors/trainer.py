@@ -143,7 +143,7 @@ def run_train_job(ctx: JobContext) -> dict[str, Any]:
         # wall-clock time of the first optimiser step: minus the job's submitted_ts = time to first step
         "first_step_unix": train_call_unix + result.first_step_s,
     }
-    if not ctx.register:  # an evolution trial: only its fitness matters
+    if not ctx.register:  # a trial of an older evolution: only its fitness mattered
         return metrics
     weights = ctx.blobs.put_bytes(result.state_dict)
     arch = (rec.onnx or {}).get("torch_arch") or rec.preset or rec.arch
@@ -163,6 +163,13 @@ def run_train_job(ctx: JobContext) -> dict[str, Any]:
         "hyperparameters": dict(job.hyperparameters),
         "model_id": new_id,
     }
+    if ctx.trial:  # an evolution's trial: its lineage names the evolution, the trial and its generation
+        fields.update(
+            evolution_job_id=str(ctx.trial.get("evolution_job_id") or ""),
+            trial_job_id=ctx.job_id,
+            generation=int(ctx.trial.get("generation") or 0),
+            trial=int(ctx.trial.get("index") or 0),
+        )
     try:
         new = registry.register_sync(dict(fields), ctx.job_id)
     except CvopsError as exc:  # already registered by an earlier attempt

@@ -109,6 +109,11 @@ class ModelUploaded(Event, frozen=True):
     dataset_id: str | None = None
     hyperparameters: dict[str, Any] = {}
     pretrained: bool = False  # a preset with its published weights
+    # lineage of a model an evolution's trial trained (None for every other model)
+    evolution_job_id: str | None = None
+    trial_job_id: str | None = None
+    generation: int | None = None
+    trial: int | None = None
 
 
 class ModelConversionStarted(Event, frozen=True):

@@ -31,7 +31,9 @@ def outcome_of(ev: TrialCompleted) -> TrialOutcome:
     values = dict(ev.values)
     if not values and state == "finished":  # recorded before objective values existed
         values = {"accuracy": float(ev.fitness)}
-    return TrialOutcome(generation=ev.generation, index=ev.index, genes=dict(ev.genes), state=state, values=values)
+    return TrialOutcome(
+        generation=ev.generation, index=ev.index, genes=dict(ev.genes), state=state, values=values
+    )
 
 
 def outcomes(trials: Mapping[Key, TrialCompleted]) -> list[TrialOutcome]:
