@@ -113,6 +113,14 @@ class Trial:
     def curve(self, task: str) -> list[float]:
         return epoch_curve(self.epochs.catch_up(), task)
 
+    def prunable_curve(self, task: str) -> list[float]:
+        """The curve so far, or [] after the trial's last epoch (stopping it then saves nothing and
+        would race its model's registration)."""
+        records = self.epochs.catch_up()
+        curve = epoch_curve(records, task)
+        total = max((int(r.get("epochs") or 0) for r in records), default=0)
+        return [] if total and len(curve) >= total else curve
+
 
 def measure_latency(ctx: JobContext, rec: ModelRecord, engine: str) -> float:
     """p95 latency in ms at batch 1 of ``rec``'s ONNX on ``engine``, by the Benchmarker's method."""
@@ -236,7 +244,9 @@ class Evolution:
                 if trial.job_id in self.ended.state:
                     if self.finish(trial, len(waiting) - 1):
                         del waiting[i]
-                elif not trial.prune_requested and should_prune(self.rule, trial.curve(self.task), earlier):
+                elif not trial.prune_requested and should_prune(
+                    self.rule, trial.prunable_curve(self.task), earlier
+                ):
                     self.cancel([trial])
         fits = [self.done[(gen, i)].fitness for i in range(len(genomes)) if (gen, i) in self.done]
         self.ctx.progress(
