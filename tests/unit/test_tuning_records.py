@@ -27,7 +27,12 @@ SPACE = parse_space(
 
 
 def _ev(g: int, i: int, **kw: object) -> TrialCompleted:
-    base: dict[str, object] = {"job_id": "e", "generation": g, "index": i, "genes": {"lr": 0.01 + i / 1000, "optimizer": "sgd"}}
+    base: dict[str, object] = {
+        "job_id": "e",
+        "generation": g,
+        "index": i,
+        "genes": {"lr": 0.01 + i / 1000, "optimizer": "sgd"},
+    }
     base.setdefault("fitness", 0.0)
     return TrialCompleted(**{**base, **kw})  # type: ignore[arg-type]
 
