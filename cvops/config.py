@@ -84,6 +84,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     event_reads: str = "sqlite"
     # CUDA deployments decode JPEGs on the GPU (nvjpeg); False keeps decoding on the CPU
     gpu_decode: bool = True
+    evolve_prune: bool = True  # evolutions stop trials by the median rule (a request may still say no)
 
     @property
     def data_path(self) -> Path:
@@ -162,6 +163,7 @@ _ENV: dict[str, tuple[str, Callable[[str], object]]] = {
     "CVOPS_KEEP_CHECKPOINTS": ("keep_checkpoints", str),
     "CVOPS_EVENT_READS": ("event_reads", str),
     "CVOPS_GPU_DECODE": ("gpu_decode", _flag),
+    "CVOPS_EVOLVE_PRUNE": ("evolve_prune", _flag),
 }
 
 

@@ -54,6 +54,15 @@ class EvolveJob(_Job, frozen=True, tag="evolve"):
     generations: Annotated[int, msgspec.Meta(ge=1, le=50)] = 3
     seed: Annotated[int, msgspec.Meta(ge=0, le=2**32 - 1)] = 0
     search_space: Annotated[dict[str, Any], msgspec.Meta(max_length=32)] = {}
+    # what the search optimises: validation accuracy (mAP50-95 for detection), and optionally the p95
+    # latency at batch 1 on ``latency_engine`` and the ONNX size in MB (multi-objective: NSGA-II)
+    objectives: Annotated[
+        list[Literal["accuracy", "latency", "size"]], msgspec.Meta(min_length=1, max_length=3)
+    ] = msgspec.field(default_factory=lambda: ["accuracy"])
+    latency_engine: EngineName | None = None  # None: the machine's deployment engine
+    prune: bool = True  # the median stopping rule on the trials' per-epoch accuracy
+    wall_clock_s: Annotated[float, msgspec.Meta(gt=0, le=7 * 86400)] | None = None
+    patience: Annotated[int, msgspec.Meta(ge=1, le=50)] | None = None  # generations without improvement
 
 
 class BenchmarkJob(_Job, frozen=True, tag="benchmark"):
@@ -98,6 +107,13 @@ def _fail(field: str, reason: str, **extra: Any) -> ValidationFailed:
 
 
 def _check(req: JobRequest) -> None:
+    if isinstance(req, EvolveJob):
+        if len(set(req.objectives)) != len(req.objectives):
+            raise _fail("objectives", "contains duplicates")
+        if "accuracy" not in req.objectives:
+            raise _fail("objectives", "must include accuracy")
+        if req.latency_engine is not None and req.latency_engine not in ENGINE_NAMES:
+            raise _fail("latency_engine", f"unknown engine {req.latency_engine!r}", known=list(ENGINE_NAMES))
     if isinstance(req, BenchmarkJob):
         if req.engines is not None:
             for i, name in enumerate(req.engines):

@@ -88,6 +88,9 @@ class JobContext:
     ) -> None:
         self.job_id = job_id
         self.job, self.register = typed_job(spec)
+        trial = spec.get("trial")
+        # an evolution's trial: {"evolution_job_id", "generation", "index"} (its model's lineage)
+        self.trial: dict[str, Any] = dict(trial) if isinstance(trial, dict) else {}
         self.device = device
         self.token = token
         self.attempt = attempt

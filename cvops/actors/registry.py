@@ -360,5 +360,8 @@ class Registry:
     def wait_sync(self, model_id: str, timeout: float) -> proj.ModelRecord:
         return _MODEL.decode(call_sync(self._h.wait.remote(model_id, timeout)))
 
+    def delete_sync(self, model_id: str, user: str) -> None:
+        call_sync(self._h.delete.remote(model_id, user))
+
     def get_dataset_sync(self, dataset_id: str) -> proj.DatasetRecord:
         return _DATASET.decode(call_sync(self._h.get_dataset.remote(dataset_id)))

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import ray
 
 from cvops.actors.jobs import JobActor, JobCancelled, JobContext
@@ -144,7 +145,7 @@ def run_train_job(ctx: JobContext) -> dict[str, Any]:
         # wall-clock time of the first optimiser step: minus the job's submitted_ts = time to first step
         "first_step_unix": train_call_unix + result.first_step_s,
     }
-    if not ctx.register:  # an evolution trial: only its fitness matters
+    if not ctx.register:  # a trial of an older evolution: only its fitness mattered
         return metrics
     weights = ctx.blobs.put_bytes(result.state_dict)
     arch = (rec.onnx.torch_arch if rec.onnx else None) or rec.preset or rec.arch
@@ -164,6 +165,14 @@ def run_train_job(ctx: JobContext) -> dict[str, Any]:
         dataset_id=ds.id,
         hyperparameters=dict(job.hyperparameters),
     )
+    if ctx.trial:  # an evolution's trial: its lineage names the evolution, the trial and its generation
+        command = msgspec.structs.replace(
+            command,
+            evolution_job_id=str(ctx.trial.get("evolution_job_id") or ""),
+            trial_job_id=ctx.job_id,
+            generation=int(ctx.trial.get("generation") or 0),
+            trial=int(ctx.trial.get("index") or 0),
+        )
     try:
         new = registry.register_sync(command, ctx.job_id)
     except CvopsError as exc:  # already registered by an earlier attempt

@@ -165,6 +165,10 @@ class ModelRecord(msgspec.Struct, kw_only=True):
     dataset_id: str | None = None
     hyperparameters: dict[str, Any] = msgspec.field(default_factory=dict)
     pretrained: bool = False
+    evolution_job_id: str | None = None  # lineage of an evolution trial's model
+    trial_job_id: str | None = None
+    generation: int | None = None
+    trial: int | None = None
     pretrained_weights: PretrainedWeights | None = None
     onnx: OnnxInfo | None = None  # set by ModelConverted
     parity: s.Parity | None = None  # the ModelConverted event's own Parity
@@ -207,6 +211,10 @@ def apply_models(state: ModelsState, env: s.Envelope) -> ModelsState:
             dataset_id=ev.dataset_id,
             hyperparameters=dict(ev.hyperparameters),
             pretrained=ev.pretrained,
+            evolution_job_id=ev.evolution_job_id,
+            trial_job_id=ev.trial_job_id,
+            generation=ev.generation,
+            trial=ev.trial,
             created_ts=env.ts,
             updated_ts=env.ts,
             version=env.version,

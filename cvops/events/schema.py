@@ -113,6 +113,11 @@ class ModelSource(msgspec.Struct, frozen=True, kw_only=True):
     dataset_id: str | None = None
     hyperparameters: dict[str, Any] = {}
     pretrained: bool = False  # a preset with its published weights
+    # lineage of a model an evolution's trial trained (None for every other model)
+    evolution_job_id: str | None = None
+    trial_job_id: str | None = None
+    generation: int | None = None
+    trial: int | None = None
 
 
 class ModelUploaded(Event, ModelSource, frozen=True):
@@ -302,8 +307,13 @@ class TrialCompleted(Event, frozen=True):
     generation: int
     index: int
     genes: dict[str, Any]
-    fitness: float
+    fitness: float  # the trial's validation accuracy (0 when it failed)
     child_job_id: str = ""
+    # added with multi-objective evolutions; defaults keep older logs decoding (a trial then "finished")
+    state: str = "finished"  # finished | pruned | failed
+    values: dict[str, float] = {}  # objective -> value: accuracy, latency (p95 ms, batch 1), size (ONNX MB)
+    curve: list[float] = []  # validation accuracy after each epoch (what the median rule compares)
+    model_id: str = ""  # the trial's registered model ("" = none, or not yet)
 
 
 # -------------------------------------------------------------------------------------- deployments

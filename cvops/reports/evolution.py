@@ -3,7 +3,9 @@ hyperparameters) and, when the trials carry several objectives, the Pareto front
 
 Fed by the evolve job's events (JobSubmitted, TrialCompleted, its JobSucceeded) and the scheduler
 events of its trial jobs (JobSubmitted with ``parent_job_id``, their terminal events).  Trials are read
-defensively: a trial may carry ``objectives`` (name → value) and ``directions`` (name → "max"|"min")
+defensively: a trial may carry ``objectives`` or ``values`` (name → value; the GAEvolver records
+``values``: accuracy, latency, size), a ``state`` (pruned and failed trials show as such) and
+``directions`` (name → "max"|"min")
 beside its single ``fitness``; without directions, names that look like costs (latency, ms, size,
 bytes, params, loss) are minimised and everything else maximised.
 """
@@ -33,7 +35,7 @@ def direction(name: str, given: Mapping[str, Any] | None = None) -> str:
 
 
 def _objectives(ev: Any) -> dict[str, float]:
-    for attr in ("objectives", "metrics"):
+    for attr in ("objectives", "metrics", "values"):
         raw = getattr(ev, attr, None)
         if isinstance(raw, Mapping):
             out = {str(k): v for k, v in ((k, num(v)) for k, v in raw.items()) if v is not None}
@@ -100,7 +102,9 @@ def report_data(job_id: str, events: Sequence[Event], view: str) -> dict[str, An
                 "generation": ev.generation,
                 "index": ev.index,
                 "job_id": ev.child_job_id,
-                "state": "completed" if state in ("unknown", "running") else state,
+                "state": ev.state
+                if ev.state in ("pruned", "failed")
+                else ("completed" if state in ("unknown", "running") else state),
                 "fitness": rounded(num(ev.fitness), 6),
                 "hyperparameters": jsonable(dict(ev.genes)),
                 "objectives": {k: rounded(v, 6) for k, v in sorted(_objectives(ev).items())},
@@ -172,6 +176,7 @@ def _position(child_id: str, fallback: int) -> tuple[int, int]:
 
 
 def _pareto(scored: list[dict[str, Any]], directions: Mapping[str, Any]) -> dict[str, Any] | None:
+    scored = [t for t in scored if t["objectives"]]  # pruned and failed trials measured nothing
     names = sorted(set.intersection(*(set(t["objectives"]) for t in scored))) if scored else []
     if len(names) < 2:
         return None

@@ -36,6 +36,34 @@ def test_each_kind_decodes_to_its_struct_with_documented_defaults() -> None:
     evolve = decode_job_request(enc({"kind": "evolve", "model_id": "m1", "dataset_id": "d1", "seed": 7}))
     assert isinstance(evolve, EvolveJob)
     assert (evolve.population, evolve.generations, evolve.seed, evolve.search_space) == (8, 3, 7, {})
+    assert (evolve.objectives, evolve.latency_engine, evolve.prune, evolve.wall_clock_s, evolve.patience) == (
+        ["accuracy"],
+        None,
+        True,
+        None,
+        None,
+    )
+    multi = decode_job_request(
+        enc(
+            {
+                "kind": "evolve",
+                "model_id": "m1",
+                "dataset_id": "d1",
+                "objectives": ["accuracy", "latency", "size"],
+                "latency_engine": "onnxruntime-cpu",
+                "prune": False,
+                "wall_clock_s": 60,
+                "patience": 2,
+            }
+        )
+    )
+    assert isinstance(multi, EvolveJob) and multi.objectives == ["accuracy", "latency", "size"]
+    assert (multi.latency_engine, multi.prune, multi.wall_clock_s, multi.patience) == (
+        "onnxruntime-cpu",
+        False,
+        60,
+        2,
+    )
     bench = decode_job_request(enc({"kind": "benchmark", "model_id": "m1"}))
     assert isinstance(bench, BenchmarkJob)
     assert (bench.engines, bench.batch_sizes, bench.warmup, bench.iterations, bench.objective) == (
@@ -85,6 +113,17 @@ def test_malformed_json_is_a_400_not_a_422() -> None:
         ({"kind": "evolve", "model_id": "m", "dataset_id": "d", "population": 1}, "population"),
         ({"kind": "evolve", "model_id": "m", "dataset_id": "d", "generations": 0}, "generations"),
         ({"kind": "evolve", "model_id": "m", "dataset_id": "d", "seed": -1}, "seed"),
+        ({"kind": "evolve", "model_id": "m", "dataset_id": "d", "objectives": ["speed"]}, "objectives[0]"),
+        ({"kind": "evolve", "model_id": "m", "dataset_id": "d", "objectives": []}, "objectives"),
+        ({"kind": "evolve", "model_id": "m", "dataset_id": "d", "objectives": ["latency"]}, "objectives"),
+        (
+            {"kind": "evolve", "model_id": "m", "dataset_id": "d", "objectives": ["accuracy", "accuracy"]},
+            "objectives",
+        ),
+        ({"kind": "evolve", "model_id": "m", "dataset_id": "d", "latency_engine": "npu"}, "latency_engine"),
+        ({"kind": "evolve", "model_id": "m", "dataset_id": "d", "prune": "no"}, "prune"),
+        ({"kind": "evolve", "model_id": "m", "dataset_id": "d", "wall_clock_s": 0}, "wall_clock_s"),
+        ({"kind": "evolve", "model_id": "m", "dataset_id": "d", "patience": 0}, "patience"),
         ({"kind": "benchmark", "model_id": "m", "iterations": 0}, "iterations"),
         ({"kind": "benchmark", "model_id": "m", "iterations": 10001}, "iterations"),
         ({"kind": "benchmark", "model_id": "m", "iterations": "50"}, "iterations"),

@@ -132,6 +132,13 @@ def test_job_body_is_the_typed_union(spec: dict[str, Any]) -> None:
     assert v.is_valid({"kind": "benchmark", "model_id": "abc", "batch_sizes": [1, 8]})
     assert not v.is_valid({"kind": "benchmark", "model_id": "abc", "batch_sizes": [0]})
     assert not v.is_valid({"kind": "nope", "model_id": "abc"})
+    evolve = {"kind": "evolve", "model_id": "abc", "dataset_id": "d"}
+    assert v.is_valid(
+        {**evolve, "objectives": ["accuracy", "latency"], "prune": False, "wall_clock_s": 30, "patience": 2}
+    )
+    assert not v.is_valid({**evolve, "objectives": ["speed"]})
+    assert not v.is_valid({**evolve, "wall_clock_s": 0})
+    assert not v.is_valid({**evolve, "patience": 0})
     assert not v.is_valid({})
 
 

@@ -55,6 +55,8 @@ OLD_CONVERTED = bytes.fromhex(
     "6e65645f736861323536d940636363636363636363636363636363636363636363636363636363636363636363636363"
     "63636363636363636363636363636363636363636363636363636363"
 )
+# fields added after these bytes were written: a model an evolution's trial trained (issue 13)
+TRIAL_LINEAGE = ("evolution_job_id", "trial_job_id", "generation", "trial")
 # GET /models/m1 of the log above, as the untyped record answered it
 OLD_RECORD_JSON = (
     b'{"id":"m1","name":"tiny","task":"classification","status":"ready","source_format":"preset","sour'
@@ -93,7 +95,11 @@ def _record() -> proj.ModelRecord:
 def test_old_model_events_decode_and_reencode_to_the_same_bytes() -> None:
     up, conv = s.decode_event("ModelUploaded", OLD_UPLOADED), s.decode_event("ModelConverted", OLD_CONVERTED)
     assert isinstance(up, s.ModelUploaded) and isinstance(conv, s.ModelConverted)
-    assert s.encode_event(up) == OLD_UPLOADED and s.encode_event(conv) == OLD_CONVERTED
+    assert s.encode_event(conv) == OLD_CONVERTED
+    # ModelUploaded has since gained the lineage of an evolution's trial (issue 13): an old event decodes
+    # with those unset, and re-encodes to its old fields plus the four new ones, null
+    new = msgspec.msgpack.decode(s.encode_event(up))
+    assert new == {**msgspec.msgpack.decode(OLD_UPLOADED), **dict.fromkeys(TRIAL_LINEAGE)}
     # the shared field declarations are the events' own, in the same order
     assert s.ModelUploaded.__struct_fields__ == s.ModelSource.__struct_fields__
     assert s.ModelConverted.__struct_fields__ == s.ConvertedForm.__struct_fields__
@@ -107,7 +113,9 @@ def test_an_old_log_folds_into_a_typed_record_with_the_old_json() -> None:
     )
     assert isinstance(rec.pretrained_weights, proj.PretrainedWeights)
     assert rec.onnx.preprocessing.image_size == [32, 32] and rec.onnx.torch_arch == "tiny_cnn"
-    assert msgspec.json.encode(rec) == OLD_RECORD_JSON
+    got = msgspec.json.decode(msgspec.json.encode(rec))
+    assert got == {**msgspec.json.decode(OLD_RECORD_JSON), **dict.fromkeys(TRIAL_LINEAGE)}
+    assert list(got) == [k for k in proj.ModelRecord.__struct_fields__]  # the record's own field order
     # and the JSON decodes back into the same typed record (msgpack between processes too)
     assert msgspec.json.decode(OLD_RECORD_JSON, type=proj.ModelRecord) == rec
     assert msgspec.msgpack.decode(msgspec.msgpack.encode(rec), type=proj.ModelRecord) == rec
