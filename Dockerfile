@@ -46,7 +46,7 @@ COPY cvops ./cvops
 # the project's own wheel, built with the lock's setuptools (no other download)
 RUN --mount=type=cache,target=/root/.cache/pip \
     set -eu; \
-    /opt/build/bin/pip install --no-index --find-links /wheels setuptools; \
+    /opt/build/bin/pip install --no-index --find-links /wheels --upgrade setuptools; \
     /opt/build/bin/pip wheel --no-deps --no-build-isolation --no-index --wheel-dir /wheels/project .; \
     mkdir -p /wheels/extras; \
     if [ -n "$EXTRAS" ]; then \
@@ -60,7 +60,8 @@ ARG EXTRAS=
 # 1: replace onnxruntime (CPU) with onnxruntime-gpu (from EXTRAS=gpu); both install the module `onnxruntime`
 ARG ORT_GPU=0
 ARG UID=10001
-ENV DEBIAN_FRONTEND=noninteractive
+# an ARG, not an ENV: it applies to this stage's RUNs and stays out of the running container
+ARG DEBIAN_FRONTEND=noninteractive
 # tini: PID 1 that forwards SIGTERM to `cvops serve` and reaps the zombies Ray's processes leave
 RUN set -eu; \
     apt-get update; \

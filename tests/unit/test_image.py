@@ -96,6 +96,9 @@ def test_built_image_metadata() -> None:
     env = dict(e.split("=", 1) for e in cfg["Env"])
     assert env["CVOPS_DATA_DIR"] == "/data" and env["CVOPS_HOST"] == "0.0.0.0"
     assert "CVOPS_DASHBOARD_HOST" not in env
-    hc = cfg.get("Healthcheck") or meta.get("HealthCheck")
+    assert "DEBIAN_FRONTEND" not in env  # a build-time ARG only
+    # docker inspects it under Config, podman beside Config
+    hc = cfg.get("Healthcheck") or meta.get("Healthcheck") or meta.get("HealthCheck")
     assert hc, "no HEALTHCHECK: was the image built with --format docker?"
-    assert hc["Test"][0] == "CMD" and "/ready" in " ".join(hc["Test"])
+    assert hc["Test"][0] == "CMD" and "/ready" in " ".join(hc["Test"]) and "urllib" in " ".join(hc["Test"])
+    assert hc["Interval"] == 30 * 10**9 and hc["Timeout"] == 5 * 10**9 and hc["StartPeriod"] == 120 * 10**9
