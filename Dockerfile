@@ -74,12 +74,16 @@ RUN set -eu; \
     useradd --system --uid "$UID" --gid cvops --home-dir /home/cvops --create-home --shell /usr/sbin/nologin cvops; \
     mkdir -p /data; chown cvops:cvops /data; chmod 0700 /data
 COPY requirements/runtime.lock /opt/cvops/runtime.lock
-# the builder's wheels, bind-mounted (they are not copied into a layer): hashes checked again, no index
+# the cvops wheel (small) is copied; the lock's wheels are bind-mounted (not copied into a layer) and
+# their hashes checked again, no index. (buildah 1.28 can bind a stale image of a stage that came
+# entirely from its cache, so what changes with the source does not go through the mount.)
+COPY --from=builder /wheels/project /opt/cvops/project
 RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
     set -eu; \
     /opt/venv/bin/pip install --no-cache-dir --no-index --find-links /wheels --require-hashes \
       -r /opt/cvops/runtime.lock; \
-    /opt/venv/bin/pip install --no-cache-dir --no-index --no-deps /wheels/project/cvops-*.whl; \
+    /opt/venv/bin/pip install --no-cache-dir --no-index --no-deps /opt/cvops/project/cvops-*.whl; \
+    rm -rf /opt/cvops/project; \
     if [ -n "$EXTRAS" ]; then \
       /opt/venv/bin/pip install --no-cache-dir --no-index --find-links /wheels --find-links /wheels/extras \
         "cvops[$EXTRAS]"; \
