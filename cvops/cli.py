@@ -292,6 +292,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     verify.set_defaults(func=_cmd_package_verify)
 
+    from cvops import package_server  # `cvops serve-package PKG`: a package served on its own
+
+    package_server.register(sub)
+
     from cvops import cli_client  # login, models, datasets, train, jobs, report, deploy, predict, ...
 
     cli_client.register(sub)

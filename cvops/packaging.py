@@ -10,7 +10,10 @@ Layout inside the archive (all under ``cvops-package/``)::
     SHA256SUMS          the same digests in ``sha256sum -c`` format (must agree with the manifest)
     model.onnx          the ONNX form
     weights.pt          the torch state_dict (only for torch-* engines, when the model has one)
-    metadata.json       model record (task, labels, inputs/outputs, preprocessing, parity), engine
+    metadata.json       model record (task, labels, inputs/outputs, preprocessing, parity), engine,
+                        and ``serving`` (:class:`ServingConfig`: batching, workers, limits)
+    README.md           how to verify and serve it (``cvops serve-package``, docker)
+    Dockerfile          an image that serves it with ``cvops serve-package``
 
 Checksums alone only show that the files match the manifest; whoever changes a file can recompute the
 manifest too.  The signature is what ties the manifest to the server that built it: the server's
@@ -38,6 +41,7 @@ from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -57,6 +61,66 @@ ALGORITHM = "ed25519"
 KEY_FILE = "package_signing_key.pem"
 _CHUNK = 1024 * 1024
 _MAX_META = 16 * 1024 * 1024  # manifest.json, SHA256SUMS and the signature are small
+
+
+class ServingConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """How a package is served (``metadata.json``'s ``serving``; ``cvops serve-package`` reads it)."""
+
+    engine: str = "onnxruntime-cpu"
+    max_batch: int = 8
+    workers: int = 1
+    threads: int = 1
+    queue_limit: int = 1000
+    timeout_s: float = 30.0
+    max_wait_ms: float = 5.0
+    max_body_bytes: int = 64 * 1024 * 1024
+
+
+_README = """# cvops package: model {model_id} ({task}), engine {engine}
+
+Files: model.onnx, metadata.json (the model's facts and the serving config), SHA256SUMS,
+manifest.json (the same digests) and manifest.json.sig (the building server's Ed25519 signature).
+
+Verify:
+
+    sha256sum -c SHA256SUMS                                  # in the extracted cvops-package/
+    cvops package verify PACKAGE.tar.gz --key server-key.json   # checksums and the signature
+
+Serve it on its own (no Ray, no platform; the same batching and pre/post-processing as a deployment):
+
+    cvops serve-package PACKAGE.tar.gz --host 0.0.0.0 --port 8080 [--key server-key.json]
+    curl -s --data-binary @photo.jpg -H 'Content-Type: image/jpeg' 'http://127.0.0.1:8080/predict?top_k=5'
+
+GET /health, GET /ready (503 until the workers have loaded the model), POST /predict.
+
+Or as an image (the Dockerfile beside this README; put the package next to it as package.tar.gz and
+build from the directory that holds both): docker build -t cvops-model . && docker run -p 8080:8080 cvops-model
+"""
+
+_DOCKERFILE = """# serves this package with `cvops serve-package` (see README.md); build context: this file and
+# package.tar.gz. CVOPS_IMAGE: the cvops platform image (the repository's Dockerfile), which holds cvops.
+ARG CVOPS_IMAGE=cvops:latest
+FROM ${{CVOPS_IMAGE}}
+COPY package.tar.gz /opt/package/package.tar.gz
+EXPOSE 8080
+HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \\
+  CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/ready', timeout=4)"]
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["/usr/bin/tini", "--"]
+CMD ["cvops", "serve-package", "/opt/package/package.tar.gz", "--host", "0.0.0.0", "--port", "8080"]
+"""
+
+
+def serving_texts(metadata: Mapping[str, Any]) -> dict[str, bytes]:
+    """README.md and Dockerfile of a package with ``metadata`` (model facts + serving config)."""
+    model = metadata.get("model") or {}
+    serving = metadata.get("serving") or {}
+    fields = {
+        "model_id": model.get("id", "?"),
+        "task": model.get("task", "?"),
+        "engine": serving.get("engine", metadata.get("engine", "?")),
+    }
+    return {"README.md": _README.format(**fields).encode(), "Dockerfile": _DOCKERFILE.format().encode()}
 
 
 # ----------------------------------------------------------------------------------------- signing
@@ -174,11 +238,15 @@ def build_package(
     files: Mapping[str, Path],
     metadata: Mapping[str, Any],
     signing_key: Ed25519PrivateKey,
+    texts: Mapping[str, bytes] | None = None,
 ) -> dict[str, str]:
     """Write the archive to ``out_path``, its manifest signed with ``signing_key``; returns the
-    manifest's files (file name → sha256)."""
+    manifest's files (file name → sha256).  ``texts``: more files given by content (README.md,
+    Dockerfile)."""
     meta = json.dumps(metadata, sort_keys=True, indent=2).encode()
+    extra = dict(sorted((texts or {}).items()))
     manifest = {name: _sha256_file(path) for name, path in sorted(files.items())}
+    manifest.update({name: hashlib.sha256(data).hexdigest() for name, data in extra.items()})
     manifest["metadata.json"] = hashlib.sha256(meta).hexdigest()
     manifest = dict(sorted(manifest.items()))
     doc = {
@@ -195,6 +263,8 @@ def build_package(
             tar.addfile(_info(SIGNATURE, len(sig)), io.BytesIO(sig))
             tar.addfile(_info("SHA256SUMS", len(sums)), io.BytesIO(sums))
             tar.addfile(_info("metadata.json", len(meta)), io.BytesIO(meta))
+            for name, data in extra.items():
+                tar.addfile(_info(name, len(data)), io.BytesIO(data))
             for name, path in sorted(files.items()):
                 with open(path, "rb") as fh:
                     tar.addfile(_info(name, path.stat().st_size), fh)

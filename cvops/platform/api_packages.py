@@ -17,7 +17,14 @@ from cvops.events.projection import Projection
 from cvops.events.projections import PackagesState, apply_packages
 from cvops.events.schema import PackageBuilt
 from cvops.events.store import Store
-from cvops.packaging import build_package, load_or_create_signing_key, package_files, public_key_info
+from cvops.packaging import (
+    ServingConfig,
+    build_package,
+    load_or_create_signing_key,
+    package_files,
+    public_key_info,
+    serving_texts,
+)
 from cvops.platform.bodies import json_response, read_json
 from cvops.platform.context import principal
 from cvops.platform.keys import SERVICES, SETTINGS
@@ -26,6 +33,7 @@ from cvops.platform.routes import ADMIN, STAFF, Route
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+    from cvops.config import Settings
     from cvops.events.projections import ModelRecord
 
 
@@ -78,12 +86,12 @@ PACKAGES = web.AppKey("cvops.packages", Packages)
 
 
 def _build(
-    blobs: BlobStore, model: ModelRecord, engine: str, key: Ed25519PrivateKey
+    blobs: BlobStore, model: ModelRecord, engine: str, key: Ed25519PrivateKey, serving: ServingConfig
 ) -> tuple[Any, dict[str, str]]:
     files = package_files(model, engine, blobs.path)
     tmp = blobs.temp_path(".tar.gz")
     try:
-        meta = {
+        meta: dict[str, Any] = {
             "engine": engine,
             "model": msgspec.to_builtins(
                 {
@@ -105,10 +113,25 @@ def _build(
                 }
             ),
         }
-        manifest = build_package(tmp, files, meta, key)
+        meta["serving"] = msgspec.to_builtins(serving)
+        manifest = build_package(tmp, files, meta, key, serving_texts(meta))
         return blobs.put_file(tmp), manifest
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _serving(settings: Settings, engine: str) -> ServingConfig:
+    """The serving config a package carries: this server's limits, the engine's default batch."""
+    from cvops.serving import default_max_batch
+
+    return ServingConfig(
+        engine=engine,
+        max_batch=default_max_batch(engine, None, None),
+        workers=1,
+        queue_limit=settings.queue_limit,
+        timeout_s=settings.inference_timeout_s,
+        max_body_bytes=settings.max_predict_bytes,
+    )
 
 
 async def create_package(request: web.Request) -> web.StreamResponse:
@@ -125,7 +148,7 @@ async def create_package(request: web.Request) -> web.StreamResponse:
     packages = request.app[PACKAGES]
     key = await packages.signing_key()
     ref, manifest = await asyncio.get_running_loop().run_in_executor(
-        None, _build, blobs, model, body.engine, key
+        None, _build, blobs, model, body.engine, key, _serving(request.app[SETTINGS], body.engine)
     )
     pkg_id = uuid.uuid4().hex[:16]
     event = PackageBuilt(
