@@ -11,6 +11,7 @@ and passes the media type without its parameters, so none of this can come in ov
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 import numpy as np
@@ -52,7 +53,7 @@ def tensor_row(data: bytes, content_type: str, expected: tuple[int, ...]) -> np.
         shape = tuple(int(d) for d in _params(content_type)["shape"].split(","))
     except (KeyError, ValueError) as e:
         raise ValidationFailed(f"bad tensor item {content_type!r}") from e
-    n = int(np.prod(shape)) if shape else 1
+    n = math.prod(shape)
     if shape != tuple(expected) or n > _MAX_TENSOR_ELEMENTS or len(data) != 4 * n:
         raise ValidationFailed(
             f"tensor of shape {list(shape)} ({len(data)} bytes) is not the model's input {list(expected)}",

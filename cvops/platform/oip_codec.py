@@ -9,6 +9,7 @@ little-endian length and the bytes (in JSON: strings).  Every malformed body is 
 
 from __future__ import annotations
 
+import math
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -79,7 +80,7 @@ class Tensor:
 def _count(shape: Sequence[int], name: str) -> int:
     if any(int(d) < 0 for d in shape):
         raise BadRequest(f"input {name!r}: negative dimension in shape {list(shape)}")
-    n = int(np.prod([int(d) for d in shape])) if shape else 1
+    n = math.prod(int(d) for d in shape)  # Python ints: no overflow on a made-up shape
     if n > MAX_ELEMENTS:
         raise BadRequest(f"input {name!r}: {n} elements is over the limit of {MAX_ELEMENTS}")
     return n

@@ -99,9 +99,16 @@ def config(name: str, info: ModelInfo, dep: DeploymentRecord) -> dict[str, Any]:
         "name": name,
         "platform": platform_of(dep.engine),
         "max_batch_size": dep.max_batch,
+        # a request carries one of the two: each is optional (perf_analyzer then sends only the one
+        # its --input-data names)
         "input": [
-            {"name": info.input_name, "data_type": "TYPE_FP32", "dims": list(info.row_shape)},
-            {"name": BYTES_INPUT, "data_type": "TYPE_STRING", "dims": [1]},
+            {
+                "name": info.input_name,
+                "data_type": "TYPE_FP32",
+                "dims": list(info.row_shape),
+                "optional": True,
+            },
+            {"name": BYTES_INPUT, "data_type": "TYPE_STRING", "dims": [1], "optional": True},
         ],
         "output": outputs,
         "dynamic_batching": {"max_queue_delay_microseconds": int(dep.max_wait_ms * 1000)},

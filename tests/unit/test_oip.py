@@ -291,3 +291,9 @@ def test_predictor_answers_raw_rows_beside_predictions() -> None:
     assert [p["label"] for p in out[2]["predictions"]] == ["r", "g"] and "raw" not in out[2]
     assert out[3]["error"]["status"] == 422
     assert out[4]["shape"] == [3] and [p["label"] for p in out[4]["predictions"]] == ["r"]
+
+
+def test_a_made_up_huge_shape_is_400_not_an_overflow() -> None:
+    body = {"inputs": [{"name": "x", "shape": [2**40, 2**40, 2**40], "datatype": "FP32", "data": [1.0]}]}
+    with pytest.raises(BadRequest, match="over the limit"):
+        decode_request(json.dumps(body).encode(), None)
