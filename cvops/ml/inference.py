@@ -24,6 +24,7 @@ from PIL import Image, ImageOps
 
 from cvops.errors import CvopsError, GatewayTimeout, UnsupportedMediaType, ValidationFailed
 from cvops.events.schema import Preprocessing
+from cvops.ml.oip_items import TENSOR_TYPE, output_mode, raw_result, tensor_row
 from cvops.ml.video import FRAME_TYPE, VIDEO_MAX_FRAMES, decode_video, frame_image, predict_video_frames
 from cvops.ml.video import MAX_PIXELS as MAX_PIXELS
 from cvops.ml.video import VIDEO_CODECS as VIDEO_CODECS
@@ -458,6 +459,20 @@ class Predictor:
             return postprocess_detection(out, self.labels, transform, self.conf, self.iou, self.max_det)
         return postprocess_classification(out, self.labels, top_k)
 
+    def tensor(self, data: bytes, content_type: str) -> tuple[np.ndarray, Transform]:
+        """A client's preprocessed input row (:data:`~cvops.ml.oip_items.TENSOR_TYPE`); its boxes stay
+        in input pixels."""
+        h, w = self._target
+        x = tensor_row(data, content_type, (h, w, 3) if self.pre.layout.upper() == "NHWC" else (3, h, w))
+        return x, Transform(1.0, 1.0, 0.0, 0.0, w, h, w, h)
+
+    def _result(self, out: np.ndarray, t: Transform, item: ImageItem) -> dict[str, Any]:
+        """The predictions, or the raw output row (and the predictions) for an ``out=raw`` item."""
+        mode = output_mode(item[1])
+        if mode is None:
+            return {self._key: self.postprocess(out, t, item[2])}
+        return raw_result(out, self._key, self.postprocess(out, t, item[2]) if mode == "raw+post" else None)
+
     # -- the worker's calls
     def predict_images(self, items: Sequence[ImageItem]) -> list[dict[str, Any]]:
         """Per item ``{"predictions"|"detections": [...]}`` or ``{"error": {...}}``; one engine batch.
@@ -478,10 +493,11 @@ class Predictor:
             if i in good:
                 continue
             try:
-                if media_type(ctype) in VIDEO_TYPES:
+                mt = media_type(ctype)
+                if mt in VIDEO_TYPES:
                     results[i] = self.predict_video(data, deadline)
                     continue
-                x, t = self.prepare(data, ctype)
+                x, t = self.tensor(data, ctype) if mt == TENSOR_TYPE else self.prepare(data, ctype)
             except CvopsError as e:
                 results[i] = _error_dict(e)
                 continue
@@ -493,7 +509,7 @@ class Predictor:
         if outs:
             for i, out, t in zip(good, outs, transforms, strict=True):
                 try:
-                    results[i] = {self._key: self.postprocess(out, t, items[i][2])}
+                    results[i] = self._result(out, t, items[i])
                 except CvopsError as e:
                     results[i] = _error_dict(e)
         return [r if r is not None else _error_dict(CvopsError("no result")) for r in results]

@@ -51,13 +51,22 @@ def metrics_middleware() -> web.middleware:  # type: ignore[valid-type]
     return mw
 
 
-def error_response(err: CvopsError) -> web.Response:
+#: the Open Inference Protocol's routes (cvops.platform.api_oip): errors there are ``{"error": "..."}``
+OIP_PREFIX = "/v2"
+
+
+def is_oip(path: str) -> bool:
+    return path == OIP_PREFIX or path.startswith(OIP_PREFIX + "/")
+
+
+def error_response(err: CvopsError, oip: bool = False) -> web.Response:
     headers = None
     if isinstance(err, TooManyRequests):
         headers = {"Retry-After": str(max(1, int(round(err.retry_after))))}
     if isinstance(err, Unauthorized):
         headers = {"WWW-Authenticate": "Bearer"}
-    return json_response(err.to_dict(), status=err.status, headers=headers)
+    body = {"error": err.message} if oip else err.to_dict()
+    return json_response(body, status=err.status, headers=headers)
 
 
 def errors_middleware() -> web.middleware:  # type: ignore[valid-type]
@@ -72,14 +81,16 @@ def errors_middleware() -> web.middleware:  # type: ignore[valid-type]
                 log.warning(
                     "request failed", extra={"path": request.path, "code": err.code, "error": err.message}
                 )
-            return error_response(err)
+            return error_response(err, is_oip(request.path))
         except web.HTTPException as exc:
             if exc.status < 400 or exc.status == 101:
                 raise
             code = code_for_status(exc.status)
             headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
             return json_response(
-                {"error": {"code": code, "message": exc.reason, "details": {}}},
+                {"error": exc.reason}
+                if is_oip(request.path)
+                else {"error": {"code": code, "message": exc.reason, "details": {}}},
                 status=exc.status,
                 headers=headers,
             )
@@ -87,7 +98,7 @@ def errors_middleware() -> web.middleware:  # type: ignore[valid-type]
             raise
         except Exception:
             log.exception("unhandled error", extra={"path": request.path, "method": request.method})
-            return error_response(CvopsError("internal error"))
+            return error_response(CvopsError("internal error"), is_oip(request.path))
 
     return mw
 

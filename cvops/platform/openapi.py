@@ -15,6 +15,7 @@ from cvops.platform.api_events import MAX_SEQ
 from cvops.platform.api_reports import REPORT_TYPES
 from cvops.platform.auth import ROLES, USERNAME
 from cvops.platform.bodies import ErrorBody
+from cvops.platform.oip_codec import OipError
 from cvops.platform.routes import Route
 
 _PARAM = re.compile(r"\{(\w+)\}")
@@ -92,7 +93,7 @@ def _constrain(prop: dict[str, Any], rule: dict[str, Any]) -> None:
 
 def build_openapi(routes: Sequence[Route]) -> dict[str, Any]:
     """The document for ``routes`` (the gateway passes its own table, :data:`~cvops.platform.keys.ROUTE_SPECS`)."""
-    types: list[Any] = [ErrorBody]
+    types: list[Any] = [ErrorBody, OipError]
     for r in routes:
         for t in (_TYPED_BODIES.get((r.method, r.full_path), r.body), r.response):
             if t is not None and not isinstance(t, str) and t is not dict and _is_struct_type(t):
@@ -149,13 +150,22 @@ def build_openapi(routes: Sequence[Route]) -> dict[str, Any]:
             return {
                 "multipart/form-data": {"schema": {"type": "object", "properties": props, "required": req}}
             }
+        if t == "oip-model":  # the protocol's model metadata or Triton's model configuration
+            return {"application/json": {"schema": {"type": "object"}}}
+        if t == "oip-infer":  # JSON, or JSON then binary tensors (Inference-Header-Content-Length)
+            return {
+                "application/json": {"schema": {"type": "object"}},
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+            }
         if t is None or t is dict:
             return {"application/json": {"schema": {"type": "object"}}}
         return {"application/json": {"schema": ref_of[t]}}
 
-    err = {"application/json": {"schema": ref_of[ErrorBody]}}
+    cvops_err = {"application/json": {"schema": ref_of[ErrorBody]}}
+    oip_err = {"application/json": {"schema": ref_of[OipError]}}  # the protocol's own error shape
     paths: dict[str, Any] = {}
     for r in routes:
+        err = oip_err if r.prefix == "/v2" else cvops_err
         op: dict[str, Any] = {
             "summary": r.summary,
             "operationId": f"{r.method.lower()}_{re.sub(r'[^a-z0-9]+', '_', r.full_path.lower()).strip('_')}",

@@ -9,6 +9,7 @@ from cvops.platform import (
     api_events,
     api_jobs,
     api_models,
+    api_oip,
     api_packages,
     api_reports,
     api_system,
@@ -27,6 +28,7 @@ MODULES = (
     api_reports,
     api_deployments,
     api_packages,
+    api_oip,
 )
 
 
