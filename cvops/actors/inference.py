@@ -28,6 +28,7 @@ from cvops.events.job_facts import ENGINE_TYPES, EngineChoices, apply_engine_sel
 from cvops.events.projection import Projection
 from cvops.events.schema import DeploymentCreated, DeploymentDeleted, Preprocessing
 from cvops.events.store import Store
+from cvops.ml.spec import DEFAULT_MAX_WAIT_MS, default_max_batch
 from cvops.ml.video import VIDEO_TYPES, media_type
 from cvops.serving import BatchingRouter, WorkerDied
 from cvops.views import DeploymentView
@@ -161,19 +162,6 @@ def machine_cores() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):  # pragma: no cover - platforms without sched_getaffinity
         return max(1, os.cpu_count() or 1)
-
-
-#: A deployment's batching when its request names none and no benchmark chose a batch for its engine.
-CPU_MAX_BATCH, GPU_MAX_BATCH, DEFAULT_MAX_WAIT_MS = 8, 32, 5.0
-
-
-def default_max_batch(engine: str, selected_engine: str | None, selected_batch: int | None) -> int:
-    """``max_batch`` for a deployment that names none: the batch size the model's last benchmark
-    selected, when it selected this engine; else by the engine's device (measured: a GPU engine serves
-    more at 32 than at 8 — scripts/bench_gpu_serving.py — and a CPU engine gains nothing above 8)."""
-    if selected_batch and selected_engine == engine:
-        return max(1, min(256, selected_batch))
-    return GPU_MAX_BATCH if any(tag in engine for tag in ("cuda", "tensorrt")) else CPU_MAX_BATCH
 
 
 def default_workers(settings: Settings, cores: int | None = None) -> int:

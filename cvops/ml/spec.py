@@ -34,6 +34,19 @@ ENGINE_NAMES: tuple[str, ...] = (
 )
 
 
+#: A deployment's batching when its request names none and no benchmark chose a batch for its engine.
+CPU_MAX_BATCH, GPU_MAX_BATCH, DEFAULT_MAX_WAIT_MS = 8, 32, 5.0
+
+
+def default_max_batch(engine: str, selected_engine: str | None, selected_batch: int | None) -> int:
+    """``max_batch`` for a deployment that names none: the batch size the model's last benchmark
+    selected, when it selected this engine; else by the engine's device (measured: a GPU engine serves
+    more at 32 than at 8 — scripts/bench_gpu_serving.py — and a CPU engine gains nothing above 8)."""
+    if selected_batch and selected_engine == engine:
+        return max(1, min(256, selected_batch))
+    return GPU_MAX_BATCH if any(tag in engine for tag in ("cuda", "tensorrt")) else CPU_MAX_BATCH
+
+
 @dataclass(frozen=True)
 class PresetSpec:
     """Static facts about a preset (what the gateway can list without building anything)."""

@@ -122,7 +122,7 @@ def _build(
 
 def _serving(settings: Settings, engine: str) -> ServingConfig:
     """The serving config a package carries: this server's limits, the engine's default batch."""
-    from cvops.serving import default_max_batch
+    from cvops.ml.spec import default_max_batch
 
     return ServingConfig(
         engine=engine,

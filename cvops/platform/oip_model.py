@@ -19,6 +19,7 @@ import numpy as np
 
 from cvops.errors import BadRequest
 from cvops.events.projections import DeploymentRecord, ModelRecord
+from cvops.events.schema import Preprocessing
 from cvops.ml.oip_items import tensor_item, with_output
 from cvops.platform.oip_codec import OipInferRequest, Tensor, boxes_tensor, classification_strings
 
@@ -42,22 +43,21 @@ class ModelInfo:
 
     @classmethod
     def of(cls, model: ModelRecord) -> ModelInfo:
-        onnx = model.onnx or {}
-        pre = onnx.get("preprocessing") or {}
-        size = list(pre.get("image_size") or [224, 224])
-        h, w = int(size[0]), int(size[-1])
-        nhwc = str(pre.get("layout", "NCHW")).upper() == "NHWC"
-        ins = onnx.get("inputs") or [{}]
-        outs = onnx.get("outputs") or [{}]
-        out_dims = list(outs[0].get("shape") or [])[1:]
+        onnx = model.onnx
+        pre = onnx.preprocessing if onnx is not None else Preprocessing()
+        h, w = int(pre.image_size[0]), int(pre.image_size[-1])
+        nhwc = pre.layout.upper() == "NHWC"
+        ins = onnx.inputs if onnx is not None and onnx.inputs else []
+        outs = onnx.outputs if onnx is not None and onnx.outputs else []
+        out_dims = list(outs[0].shape)[1:] if outs else []
         return cls(
             model_id=model.id,
             name=model.name,
             task=model.task,
             labels=tuple(model.labels),
-            input_name=str(ins[0].get("name") or "input"),
+            input_name=ins[0].name if ins else "input",
             row_shape=(h, w, 3) if nhwc else (3, h, w),
-            output_name=str(outs[0].get("name") or "output"),
+            output_name=outs[0].name if outs else "output",
             output_shape=tuple(d if isinstance(d, int) and d > 0 else -1 for d in out_dims),
         )
 

@@ -273,7 +273,7 @@ async def test_mark_dead_fails_queued_work_when_no_worker_is_left() -> None:
 
 
 def test_default_max_batch_follows_the_benchmark_then_the_device() -> None:
-    from cvops.actors.inference import default_max_batch
+    from cvops.ml.spec import default_max_batch
 
     assert default_max_batch("onnxruntime-cpu", None, None) == 8
     assert default_max_batch("torch-cuda-fp16", None, None) == 32
