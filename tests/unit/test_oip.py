@@ -8,12 +8,13 @@ import json
 import struct
 from typing import Any
 
+import msgspec
 import numpy as np
 import pytest
 from PIL import Image
 
 from cvops.errors import BadRequest, ValidationFailed
-from cvops.events.projections import DeploymentRecord, ModelRecord
+from cvops.events.projections import DeploymentRecord, ModelRecord, OnnxInfo
 from cvops.events.schema import Preprocessing
 from cvops.ml.inference import Predictor
 from cvops.ml.oip_items import TENSOR_TYPE, output_mode, tensor_item, tensor_row, with_output
@@ -160,11 +161,12 @@ def _model(task: str = "classification") -> ModelRecord:
     out_shape: list[int | str] = ["batch", 3] if task == "classification" else ["batch", 7, 84]
     return ModelRecord(
         id="m1", name="tiny", task=task, labels=["a", "b", "c"], status="ready",
-        onnx={
+        onnx=msgspec.convert({
+            "sha256": "a" * 64, "bytes": 1, "opset": 17, "parameter_count": 1,
             "preprocessing": {"image_size": [8, 8], "layout": "NCHW"},
             "inputs": [{"name": "input", "shape": ["batch", 3, 8, 8], "dtype": "float32"}],
             "outputs": [{"name": "logits", "shape": out_shape, "dtype": "float32"}],
-        },
+        }, OnnxInfo),
     )  # fmt: skip
 
 
